@@ -1,0 +1,3 @@
+"""Imports every architecture module so that their variants register themselves."""
+
+from . import deeplab  # noqa: F401
