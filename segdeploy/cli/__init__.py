@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ".export:export",
     "bench": ".bench:bench",
     "inspect": ".inspect:inspect_cmd",
+    "infer": ".infer:infer",
     "crf": ".crf:crf",
 }
 

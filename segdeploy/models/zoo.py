@@ -1,3 +1,3 @@
 """Imports every architecture module so that their variants register themselves."""
 
-from . import deeplab  # noqa: F401
+from . import deeplab, fastfcn, fcdensenet, fcn, gscnn, unet  # noqa: F401

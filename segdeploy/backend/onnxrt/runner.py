@@ -1,0 +1,66 @@
+"""ONNX Runtime: the embedded default backend, on the CPU unless another provider is asked for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BadInputError, MissingDependencyError
+from ..base import Runner
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", extra="ort", why="needed to run ONNX files") from None
+    return onnxruntime
+
+
+class SessionFromOnnx:
+    """Loader: an ``onnxruntime.InferenceSession`` from an ONNX file."""
+
+    def __init__(self, path: str | os.PathLike, providers=("CPUExecutionProvider",), threads: int | None = None,
+                 session_options=None):
+        self.path = Path(path)
+        self.providers = list(providers)
+        self.threads = threads
+        self.session_options = session_options
+
+    def __call__(self):
+        ort = import_onnxruntime()
+        options = self.session_options or ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+            raise BadInputError(f"{self.path}: ONNX Runtime cannot load this model ({exc})") from None
+
+
+class OnnxrtRunner(Runner):
+    name = "ort"
+
+    def __init__(self, session_loader: SessionFromOnnx):
+        self.session_loader = session_loader
+        self.session = None
+
+    @classmethod
+    def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, **_):
+        return cls(SessionFromOnnx(onnx_path, threads=threads))
+
+    def activate(self):
+        self.session = self.session_loader()
+
+    def deactivate(self):
+        self.session = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed)))

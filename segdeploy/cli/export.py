@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import echo_json, json_option, parse_key_values, progress_status
+
+
+@click.command()
+@click.option("--model", "-m", "model_name", required=True, metavar="NAME",
+              help="A registered model (see `segdeploy models`) or your own factory as package.module:function.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="State dict to load (read with weights_only=True). Default: seeded random weights.")
+@click.option("--num-classes", type=int, default=21, show_default=True, help="Number of output classes.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Text file with one class name per line.")
+@click.option("--input-size", nargs=2, type=int, default=(512, 512), show_default=True, metavar="H W",
+              help="Export shape; must be a multiple of the model's output stride. Batch, H and W stay dynamic.")
+@click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True,
+              help="ONNX opset; below 18 the TorchScript exporter is used (the dynamo exporter cannot emit them).")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="Extra constructor argument, repeatable (e.g. --model-arg output_stride=8).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder. Default: artifacts/NAME.")
+@click.option("--max-abs-diff", type=float, default=1e-3, show_default=True, help="Parity gate: largest allowed |torch - onnx|.")
+@click.option("--min-agreement", type=float, default=0.9999, show_default=True, help="Parity gate: smallest allowed argmax agreement (0..1).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation (without --checkpoint).")
+@json_option
+def export(model_name, checkpoint, num_classes, classes_file, input_size, opset, model_args, output, max_abs_diff,
+           min_agreement, seed, as_json):
+    """Export a model to ONNX (dynamic batch/H/W) and check it against PyTorch.
+
+    Writes OUTPUT/model.onnx and OUTPUT/manifest.json (model, classes, input normalisation,
+    versions, sha256, parity results). The parity gate runs PyTorch and ONNX Runtime on the
+    same inputs at the export shape and at a second shape with another aspect ratio and
+    batch size; it exits 1 when they disagree beyond the thresholds.
+
+    \b
+    Examples:
+      segdeploy export --model deeplabv3plus -o out/dlv3p
+      segdeploy export --model deeplabv3plus --checkpoint best.pt --num-classes 19 --input-size 512 1024
+      segdeploy export --model mypkg.nets:build_net --input-size 256 256
+    """
+    from ..errors import BadInputError, VerificationError
+    from ..export import export_model
+    from ..parity import Thresholds
+
+    class_names = None
+    if classes_file:
+        try:
+            class_names = [line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"{classes_file}: cannot read class names ({exc})") from None
+    output = Path(output or Path("artifacts") / model_name.replace(":", "_"))
+    with progress_status(not as_json) as progress:
+        try:
+            result = export_model(
+                model_name, output, num_classes=num_classes, model_kwargs=parse_key_values(model_args, "--model-arg"),
+                checkpoint=checkpoint, input_size=tuple(input_size), opset=opset,
+                thresholds=Thresholds(max_abs_diff, min_agreement), class_names=class_names, seed=seed, progress=progress,
+            )
+        except VerificationError:
+            _report(output, as_json)  # the figures that failed, then exit 1
+            raise
+    _report(output, as_json)
+
+
+def _report(output: Path, as_json: bool) -> None:
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(output / "manifest.json")
+    if as_json:
+        echo_json(manifest)
+        return
+    onnx = manifest["onnx"]
+    click.echo(f"wrote {output / onnx['file']} ({onnx['bytes'] / 1e6:.1f} MB, opset {onnx['opset']}, "
+               f"exported in {onnx['export_seconds']:.1f} s) and {output / 'manifest.json'}")
+    click.echo("parity (torch vs onnxruntime):")
+    for r in manifest["parity"]["shapes"]:
+        mark = "ok  " if r["passed"] else "FAIL"
+        click.echo(f"  {mark} shape {'x'.join(map(str, r['shape']))}: max |Δ| {r['max_abs_diff']:.2e}, "
+                   f"mean |Δ| {r['mean_abs_diff']:.2e}, argmax agreement {r['argmax_agreement']:.4%} "
+                   f"({r['reference_classes_seen']} classes predicted)")

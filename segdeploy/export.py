@@ -1,0 +1,223 @@
+"""PyTorch -> ONNX with dynamic batch/height/width, checked by the parity gate, plus its manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .errors import BadInputError, SegdeployError, VerificationError
+from .fileio import atomic_path, sha256_file, write_json
+from .manifest import MANIFEST_NAME, ONNX_NAME, SCHEMA, default_class_names
+from .parity import ParityResult, Thresholds, check_parity, parity_shapes
+from .preprocess import input_spec
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+#: The dynamo exporter emits opset 18 and newer; older opsets go through the TorchScript exporter.
+MIN_DYNAMO_OPSET = 18
+DEFAULT_OPSET = 18
+#: Size multiple assumed for user factories that do not declare ``output_stride``.
+DEFAULT_SIZE_MULTIPLE = 32
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    manifest_path: Path
+    manifest: dict
+    parity: list[ParityResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.parity)
+
+
+def _noop_progress(message: str) -> None:
+    pass
+
+
+def export_model(
+    model_name: str,
+    output_dir: str | os.PathLike,
+    *,
+    num_classes: int = 21,
+    model_kwargs: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    input_size: tuple[int, int] = (512, 512),
+    opset: int = DEFAULT_OPSET,
+    thresholds: Thresholds = Thresholds(),
+    class_names: list[str] | None = None,
+    seed: int = 0,
+    progress=_noop_progress,
+) -> ExportResult:
+    """Export ``model_name`` to ``output_dir/model.onnx`` + ``manifest.json`` and run the parity gate.
+
+    Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
+    when the ONNX graph does not reproduce PyTorch within ``thresholds``.
+    """
+    from .models.loading import build_model
+    from .models.registry import get_spec
+
+    if num_classes < 1:
+        raise BadInputError(f"--num-classes must be at least 1 (got {num_classes})")
+    if class_names is not None and len(class_names) != num_classes:
+        raise BadInputError(f"{len(class_names)} class names given for {num_classes} classes")
+    spec = None if ":" in model_name else get_spec(model_name)
+    args = {"num_classes": num_classes, **(model_kwargs or {})}
+    checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
+
+    progress(f"building {model_name}")
+    model = build_model(model_name, args, checkpoint=checkpoint, seed=seed)
+    multiple = spec.output_stride if spec else getattr(model, "output_stride", DEFAULT_SIZE_MULTIPLE)
+    height, width = _check_input_size(input_size, multiple, spec)
+    spec_in = input_spec(height, width, size_multiple=multiple)
+
+    output_dir = Path(output_dir)
+    onnx_path, manifest_path = output_dir / ONNX_NAME, output_dir / MANIFEST_NAME
+    with atomic_path(onnx_path) as tmp_onnx:
+        progress(f"exporting to ONNX (opset {opset})")
+        started = time.perf_counter()
+        output_names = _export_onnx(model, tmp_onnx, height, width, opset)
+        export_seconds = time.perf_counter() - started
+
+        progress("checking parity with PyTorch at two shapes")
+        results = _run_parity(model, tmp_onnx, output_names, parity_shapes(height, width, multiple), spec_in, thresholds)
+        manifest = {
+            "schema": SCHEMA,
+            "model": {
+                "name": model_name,
+                "args": args,
+                "checkpoint": checkpoint,
+                "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+                "seed": seed,
+                "output_stride": multiple,
+            },
+            "classes": class_names or default_class_names(num_classes),
+            "input": spec_in,
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "layout": "NCHW", "all": output_names},
+            "dynamic_axes": {"batch": 0, "height": 2, "width": 3},
+            "onnx": {
+                "file": ONNX_NAME,
+                "sha256": sha256_file(tmp_onnx),
+                "bytes": tmp_onnx.stat().st_size,
+                "opset": opset,
+                "exporter": "torch.onnx (dynamo)" if opset >= MIN_DYNAMO_OPSET else "torch.onnx (torchscript)",
+                "precision": "fp32",
+                "export_seconds": round(export_seconds, 3),
+            },
+            "parity": {
+                "reference": "torch",
+                "candidate": "ort",
+                "thresholds": {"max_abs_diff": thresholds.max_abs_diff, "min_agreement": thresholds.min_agreement},
+                "passed": all(r.passed for r in results),
+                "shapes": [r.to_json() for r in results],
+            },
+            "versions": _versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    write_json(manifest_path, manifest)
+    result = ExportResult(onnx_path, manifest_path, manifest, results)
+    if not result.passed:
+        worst = max(results, key=lambda r: r.max_abs_diff)
+        raise VerificationError(
+            f"{onnx_path}: parity gate failed at shape {list(worst.shape)}: max |Δ| {worst.max_abs_diff:.3g} "
+            f"(limit {thresholds.max_abs_diff:g}), argmax agreement {worst.argmax_agreement:.4%} "
+            f"(limit {thresholds.min_agreement:.4%}); the manifest records the failure"
+        )
+    return result
+
+
+def _check_input_size(input_size, multiple: int, spec) -> tuple[int, int]:
+    height, width = (int(v) for v in input_size)
+    if spec is not None and spec.valid_input_size is not None:
+        valid = spec.valid_input_size(height, width)
+        if valid != (height, width):
+            raise BadInputError(f"{spec.name} cannot take {height}x{width}; the nearest valid input size is {valid[0]}x{valid[1]}")
+        return height, width
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+        raise BadInputError(
+            f"--input-size {height} {width}: height and width must be positive multiples of the output stride {multiple} "
+            f"(e.g. {max(multiple, height - height % multiple)} {max(multiple, width - width % multiple)})"
+        )
+    return height, width
+
+
+def _export_onnx(model, path: Path, height: int, width: int, opset: int) -> list[str]:
+    import torch
+
+    example = torch.zeros(1, 3, height, width)
+    with torch.inference_mode():
+        sample = model(example)
+    n_outputs = len(sample) if isinstance(sample, (tuple, list)) else 1
+    default_names = [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{i}" for i in range(1, n_outputs)]
+    output_names = list(getattr(model, "output_names", default_names))
+    dims = {0: "batch", 2: "height", 3: "width"}
+    # The exporters print progress and deprecation notes of their own; keep the CLI's output ours.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            if opset >= MIN_DYNAMO_OPSET:
+                dyn = torch.export.Dim.DYNAMIC
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                    input_names=[INPUT_NAME], output_names=output_names,
+                    dynamic_shapes=({0: dyn, 2: dyn, 3: dyn},),
+                )
+            else:
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=output_names,
+                    dynamic_axes={INPUT_NAME: dims, **{name: dims for name in output_names}},
+                )
+        except Exception as exc:
+            raise SegdeployError(f"ONNX export of the model failed (opset {opset}): {str(exc).splitlines()[0]}") from exc
+    _name_dynamic_axes(path, dims)
+    return output_names
+
+
+def _name_dynamic_axes(path: Path, dims: dict[int, str]) -> None:
+    """Give the input's symbolic dimensions readable names (the dynamo exporter calls them s0, s1, …)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    renames = {
+        d.dim_param: dims[axis]
+        for axis, d in enumerate(model.graph.input[0].type.tensor_type.shape.dim)
+        if axis in dims and d.dim_param
+    }
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _run_parity(model, onnx_path: Path, output_names, shapes, spec_in: dict, thresholds: Thresholds):
+    from .backend.onnxrt.runner import OnnxrtRunner, SessionFromOnnx
+    from .backend.torch.runner import TorchRunner
+
+    with TorchRunner(lambda: model, output_names=output_names) as reference, OnnxrtRunner(SessionFromOnnx(onnx_path)) as candidate:
+        return check_parity(reference, candidate, shapes, spec_in, thresholds)
+
+
+def _versions() -> dict:
+    import onnx
+    import torch
+
+    versions = {"segdeploy": __version__, "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions

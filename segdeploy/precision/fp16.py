@@ -1,0 +1,88 @@
+"""FP16-typed ONNX graphs with float32 inputs and outputs.
+
+Conversion is ONNX Runtime's float16 converter (it keeps Resize's ``scales`` float32, the input
+the onnxconverter-common converter breaks), with
+
+* float32 graph inputs and outputs (a Cast at each end) - checked afterwards, not assumed: a
+  segmentation head usually ends in a Resize, the op converters most often leave in FP16;
+* numerically sensitive ops kept in FP32: ``SENSITIVE_OPS`` (softmax, normalisation statistics,
+  exp/log/pow/sqrt) and any layer whose FP32 activations on the probe images come near the FP16
+  range (``overflowing_nodes``);
+* layers named by the caller or by the sensitivity analysis kept in FP32.
+
+ONNX Runtime on the CPU runs the result (inserting float32 kernels where it has no FP16 one, with
+FP16 tensors between layers), so the FP16 decisions can be checked without a GPU.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto
+
+from ..errors import MissingDependencyError, VerificationError
+from .data import ImageSet
+
+SENSITIVE_OPS = (
+    "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "Pow", "Sqrt", "Exp", "Log", "Reciprocal",
+)  # fmt: skip
+FP16_MAX = 65504.0
+#: Activations above this share of the FP16 range keep their layer in FP32 (headroom for the next op).
+OVERFLOW_SHARE = 0.5
+
+
+def _converter():
+    try:
+        from onnxruntime.transformers import float16
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "ort", "the FP16 converter and its check use it") from None
+    return float16
+
+
+def convert_to_fp16(model: onnx.ModelProto, keep_fp32: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    """FP16 copy of ``model`` with float32 I/O; the nodes named in ``keep_fp32`` and SENSITIVE_OPS stay FP32."""
+    float16 = _converter()
+    converted = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *SENSITIVE_OPS], node_block_list=sorted(keep_fp32),
+    )  # fmt: skip
+    check_float32_io(converted)
+    return converted
+
+
+def check_float32_io(model: onnx.ModelProto) -> None:
+    """Raise VerificationError unless every graph input and output is float32 and the graph type-checks."""
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            kind = TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+            raise VerificationError(f"FP16 conversion left graph input/output {value.name!r} as {kind}, not float32")
+    try:
+        onnx.checker.check_model(model)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerificationError(f"the FP16 graph is not valid ONNX: {exc}") from None
+
+
+def overflowing_nodes(model: onnx.ModelProto, images: ImageSet, spec: dict, input_name: str) -> list[str]:
+    """Nodes whose FP32 outputs on ``images`` exceed OVERFLOW_SHARE of the FP16 range."""
+    import numpy as np
+
+    from ..backend.onnxrt.runner import import_onnxruntime
+
+    ort = import_onnxruntime()
+    probe = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in probe.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    outputs = {o.name for o in probe.graph.output}
+    producers = {}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name in known and name not in outputs:
+                probe.graph.output.append(known[name])
+                producers[name] = node.name
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    peaks = dict.fromkeys(producers, 0.0)
+    for x in images.batches(spec, 1):  # one image at a time: every activation of a large model is in memory
+        for name, value in zip(names, session.run(names, {input_name: x})):
+            if name in peaks and value.size:
+                peaks[name] = max(peaks[name], float(np.abs(value).max()))
+    return sorted({producers[name] for name, peak in peaks.items() if peak > OVERFLOW_SHARE * FP16_MAX})

@@ -1,0 +1,70 @@
+"""Small graph utilities shared by the precision tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+#: Layers with weights: what the TensorRT scheme quantizes and what sensitivity analysis ranks.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: The output-channel axis of each weighted op's weight tensor (per-channel scales lie along it).
+WEIGHT_CHANNEL_AXIS = {"Conv": 0, "ConvTranspose": 1}
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique name: layers are kept in higher precision by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
+def weighted_layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(node name, op type) of the layers whose weights are constants, in graph order."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [
+        (n.name, n.op_type)
+        for n in model.graph.node
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in initializers
+    ]
+
+
+def layer_macs(path: Path, spec: dict) -> dict[str, int]:
+    """Multiply-accumulates per weighted layer for one image of the manifest's size (empty if unknown)."""
+    from onnxruntime.quantization.shape_inference import SymbolicShapeInference
+
+    model = onnx.load(str(path))
+    height, width = spec["size"]
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, height, width)):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    try:
+        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # shape inference gives up on some foreign graphs; MACs are only a report
+        return {}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    macs = {}
+    for node in model.graph.node:
+        weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type not in WEIGHTED_OPS or not weight:
+            continue
+        # Conv: each output element sums Cin/groups*kh*kw products; ConvTranspose: each input element
+        # spreads over Cout/groups*kh*kw outputs; MatMul/Gemm: each output sums K products.
+        counted, per_element = {
+            "Conv": (node.output[0], int(np.prod(weight[1:]))),
+            "ConvTranspose": (node.input[0], int(np.prod(weight[1:]))),
+            "MatMul": (node.output[0], weight[0]),
+            "Gemm": (node.output[0], weight[1] if any(a.name == "transB" and a.i for a in node.attribute) else weight[0]),
+        }[node.op_type]
+        shape = shapes.get(counted)
+        if shape and all(shape):
+            macs[node.name] = int(np.prod(shape)) * per_element
+    return macs

@@ -1,0 +1,91 @@
+"""Image loading and the input normalisation recorded in every manifest.
+
+Pre-processing lives with the artifact (manifest ``input`` section) so that the device side,
+calibration and evaluation all feed a model exactly what it was exported for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+#: ImageNet statistics on 0..1 RGB pixels: what torchvision/timm backbones are trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_spec(height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, size_multiple: int = 1) -> dict:
+    """The manifest's ``input`` section: float32 NCHW RGB, ``(pixel / 255 - mean) / std``."""
+    return {
+        "name": "images",
+        "dtype": "float32",
+        "layout": "NCHW",
+        "color": "RGB",
+        "scale": 1.0 / 255.0,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "size": [int(height), int(width)],
+        "size_multiple": int(size_multiple),
+        "resize": "bilinear",
+    }
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3); grey, RGBA, palette and 16-bit images are converted."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit: scale the full range down to 8 bits rather than clipping.
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            # Grey, palette and alpha images: drop alpha, expand to three channels.
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a readable image ({exc})") from None
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def normalize(images: np.ndarray, spec: dict) -> np.ndarray:
+    """uint8 RGB images (N, H, W, 3) or (H, W, 3) -> float32 NCHW as the manifest's ``input`` says."""
+    if images.ndim == 3:
+        images = images[None]
+    x = images.astype(np.float32) * np.float32(spec["scale"])
+    x -= np.asarray(spec["mean"], dtype=np.float32)
+    x /= np.asarray(spec["std"], dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def preprocess_files(paths, spec: dict, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Load, resize to ``size`` (default: the manifest's) and normalise a batch of image files."""
+    height, width = size or spec["size"]
+    batch = np.stack([resize(load_image(p), height, width) for p in paths])
+    return normalize(batch, spec)
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted for reproducibility."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(f"{folder}: not a folder of images")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
