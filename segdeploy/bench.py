@@ -1,68 +1,94 @@
-"""Latency, throughput and memory of one artifact on several backends, side by side in one run.
+"""Latency, throughput and memory of artifacts on several backends, side by side in one run.
 
-Each backend runs in its own subprocess (``python -m segdeploy.bench``): its peak resident
-memory is then its own, and one framework's threads or allocator cannot slow the next.
+Each (artifact, backend) pair runs in its own subprocess (``python -m segdeploy.bench``): its
+peak resident memory is then its own, and one framework's threads or allocator cannot slow the
+next. The JSON document it produces is versioned (``schemas/bench.schema.json``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from .errors import SegdeployError
 
 BENCH_SCHEMA = "segdeploy.bench/1"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "bench.schema.json"
+#: Warm-up "auto": runs in rounds of this many until two rounds' medians agree within STABLE_RATIO.
+WARMUP_ROUND = 3
+STABLE_RATIO = 0.05
+MAX_WARMUP_RUNS = 60
+NOISY_CV = 0.10
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    batch: int = 1
+    batches: tuple[int, ...] = (1,)
     height: int = 512
     width: int = 512
-    warmup: int = 3
+    #: Untimed runs first; None: until latency is stable (see WARMUP_ROUND).
+    warmup: int | None = 3
     iterations: int = 20
     #: When set, run for this many seconds instead of a fixed number of iterations.
     seconds: float | None = None
     threads: int | None = None
+    #: Root of the sysfs tree read for Jetson power and thermal state.
+    jetson_root: str = "/"
+    extra: dict = field(default_factory=dict)
 
 
-def latency_stats(times_s: list[float], batch: int) -> dict:
-    ms = np.asarray(times_s) * 1e3
+def latency_stats(times_ms, batch: int) -> dict:
+    ms = np.asarray(times_ms, dtype=np.float64)
     median = float(np.median(ms))
+    mean = float(ms.mean())
     return {
         "iterations": int(ms.size),
         "median_ms": median,
         "p90_ms": float(np.percentile(ms, 90)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
+        "mean_ms": mean,
         "std_ms": float(ms.std()),
         "min_ms": float(ms.min()),
-        # Coefficient of variation: above ~10% the machine was too busy for fine comparisons.
-        "cv": float(ms.std() / ms.mean()) if ms.mean() > 0 else 0.0,
+        # Coefficient of variation: above NOISY_CV the machine was too busy for fine comparisons.
+        "cv": float(ms.std() / mean) if mean > 0 else 0.0,
         "throughput_ips": batch * 1e3 / median if median > 0 else float("inf"),
     }
 
 
-def time_calls(fn, settings: BenchSettings) -> list[float]:
-    for _ in range(settings.warmup):
-        fn()
+def warm_up(fn, warmup: int | None) -> int:
+    """Run ``fn`` untimed; return how many runs it took."""
+    if warmup is not None:
+        for _ in range(warmup):
+            fn()
+        return warmup
+    previous, runs = None, 0
+    while runs < MAX_WARMUP_RUNS:
+        current = float(np.median(timed_runs(fn, WARMUP_ROUND)))
+        runs += WARMUP_ROUND
+        if previous is not None and abs(current - previous) <= STABLE_RATIO * previous:
+            break
+        previous = current
+    return runs
+
+
+def timed_runs(fn, count: int | None = None, seconds: float | None = None) -> list[float]:
+    """Milliseconds of each call: ``count`` calls, or as many as fit in ``seconds`` (at least 3)."""
     times: list[float] = []
-    deadline = time.perf_counter() + settings.seconds if settings.seconds else None
-    while True:
-        if deadline is None and len(times) >= settings.iterations:
-            break
-        # A time budget still takes a few samples, so that percentiles mean something.
-        if deadline is not None and time.perf_counter() >= deadline and len(times) >= 3:
-            break
+    deadline = time.perf_counter() + seconds if seconds else None
+    while (len(times) < count) if deadline is None else (time.perf_counter() < deadline or len(times) < 3):
         started = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - started)
+        times.append((time.perf_counter() - started) * 1e3)
     return times
 
 
@@ -72,8 +98,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def bench_backend(backend: str, artifact: str, settings: BenchSettings) -> dict:
-    """Load ``artifact`` on ``backend`` and time ``infer`` (this process)."""
+def bench_backend(backend: str, artifact: str, settings: BenchSettings) -> list[dict]:
+    """Load ``artifact`` on ``backend`` once and time it at each batch size (in this process)."""
+    from . import jetson
     from .backend.base import make_runner
     from .manifest import resolve_artifact
     from .parity import sample_images
@@ -81,84 +108,148 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings) -> dict:
 
     onnx_path, manifest = resolve_artifact(artifact)
     spec_in = manifest["input"] if manifest else default_input_spec(settings.height, settings.width)
-    feed = {spec_in["name"]: sample_images((settings.batch, 3, settings.height, settings.width), spec_in)}
+    jetson_root = Path(settings.jetson_root)
+    rows = []
     started = time.perf_counter()
     with make_runner(backend, onnx_path, manifest, threads=settings.threads) as runner:
         load_s = time.perf_counter() - started
-        first_output = next(iter(runner.infer(feed).values()))
-        times = time_calls(lambda: runner.infer(feed), settings)
-    return {"backend": backend, "load_s": load_s, "num_classes": int(first_output.shape[1]),
-            **latency_stats(times, settings.batch), "peak_rss_mb": peak_rss_mb()}
+        for batch in settings.batches:
+            feed = {spec_in["name"]: sample_images((batch, 3, settings.height, settings.width), spec_in)}
+            first_output = next(iter(runner.infer(feed).values()))
+            warmup_runs = warm_up(lambda: runner.infer(feed), settings.warmup)
+            with jetson.PowerSampler(jetson_root) as power:
+                times = timed_runs(lambda: runner.infer(feed), settings.iterations, settings.seconds)
+            row = {
+                "artifact": str(artifact),
+                "precision": (manifest or {}).get("onnx", {}).get("precision", "fp32"),
+                "backend": backend,
+                "batch": batch,
+                "load_s": load_s,
+                "warmup_runs": warmup_runs,
+                "num_classes": int(first_output.shape[1]),
+                **latency_stats(times, batch),
+                "samples_ms": times,
+                "gpu": None,
+                "power": _power_summary(power, float(np.median(times)), batch),
+            }
+            gpu_times = runner.time_on_device(feed, len(times))
+            if gpu_times is not None:
+                row["gpu"] = {**latency_stats(gpu_times, batch), "peak_memory_mb": runner.peak_device_memory_mb()}
+            row["peak_rss_mb"] = peak_rss_mb()
+            rows.append(row)
+    return rows
 
 
-def bench_processing(settings: BenchSettings, num_classes: int, source_hw=(720, 1280)) -> dict:
+def _power_summary(sampler, median_ms: float, batch: int) -> dict | None:
+    from .jetson import input_rail
+
+    rails = sampler.mean_mw()
+    if not rails:
+        return None
+    total_rail = input_rail(rails)
+    total_mw = rails[total_rail] if total_rail else sum(rails.values())
+    # mW × ms = µJ; per frame of the batch, in mJ.
+    return {"rails_mw": rails, "total_rail": total_rail, "total_mw": total_mw,
+            "energy_mj_per_frame": total_mw * median_ms / batch / 1e3, "samples": len(sampler.samples)}
+
+
+def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 1280)) -> dict:
     """Pre-processing (resize a camera frame + normalise) and post-processing (argmax to labels), numpy on the CPU."""
     from .preprocess import input_spec, normalize, resize
 
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, size=(*source_hw, 3), dtype=np.uint8)
-    spec_in = input_spec(settings.height, settings.width)
-    logits = rng.standard_normal((settings.batch, num_classes, settings.height, settings.width), dtype=np.float32)
-    quick = BenchSettings(warmup=1, iterations=10)
-    pre = time_calls(lambda: normalize(np.stack([resize(frame, settings.height, settings.width)] * settings.batch), spec_in), quick)
-    post = time_calls(lambda: logits.argmax(axis=1).astype(np.uint8), quick)
+    spec_in = input_spec(height, width)
+    logits = rng.standard_normal((1, num_classes, height, width), dtype=np.float32)
+    pre = lambda: normalize(resize(frame, height, width), spec_in)  # noqa: E731
+    post = lambda: logits.argmax(axis=1).astype(np.uint8)  # noqa: E731
+    warm_up(pre, 1)
+    warm_up(post, 1)
     return {
-        "preprocess": {"what": f"resize {source_hw[0]}x{source_hw[1]} uint8 -> normalised float32 NCHW", **latency_stats(pre, settings.batch)},
-        "postprocess": {"what": "argmax over classes -> uint8 labels", **latency_stats(post, settings.batch)},
+        "preprocess": {"what": f"resize {source_hw[0]}x{source_hw[1]} uint8 -> normalised float32 NCHW", **latency_stats(timed_runs(pre, 10), 1)},
+        "postprocess": {"what": "argmax over classes -> uint8 labels", **latency_stats(timed_runs(post, 10), 1)},
     }
 
 
-def run_bench(artifact: str, backends: list[str], settings: BenchSettings, progress=lambda message: None) -> dict:
-    """Benchmark every backend in its own subprocess; return the JSON document (schema ``segdeploy.bench/1``)."""
+def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings, progress=lambda message: None) -> dict:
+    """Benchmark every (artifact, backend) in its own subprocess; return the ``segdeploy.bench/1`` document."""
+    from . import jetson
     from .manifest import resolve_artifact
 
-    _, manifest = resolve_artifact(artifact)  # a bad path fails here, before any subprocess
+    manifests = [resolve_artifact(a)[1] for a in artifacts]  # a bad path fails here, before any subprocess
     results = []
-    for backend in backends:
-        progress(f"benchmarking {backend}")
-        results.append(_bench_in_subprocess(backend, artifact, settings))
-    num_classes = results[0]["num_classes"]
-    baseline = results[0]["median_ms"]
+    for artifact in artifacts:
+        for backend in backends:
+            progress(f"benchmarking {Path(artifact).name} on {backend}")
+            results.extend(_bench_in_subprocess(backend, artifact, settings))
+    baseline = {r["batch"]: r["median_ms"] for r in reversed(results)}  # the first row of each batch size
     for r in results:
-        r["speedup_vs_first"] = baseline / r["median_ms"] if r["median_ms"] else float("inf")
+        r["speedup_vs_first"] = baseline[r["batch"]] / r["median_ms"] if r["median_ms"] else float("inf")
     return {
         "schema": BENCH_SCHEMA,
-        "artifact": str(artifact),
-        "model": (manifest or {}).get("model", {}).get("name"),
-        "settings": asdict(settings),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "artifacts": [str(a) for a in artifacts],
+        "models": [(m or {}).get("model", {}).get("name") for m in manifests],
+        "accuracy": {str(a): _accuracy_of(m) for a, m in zip(artifacts, manifests)},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "machine": _machine(),
+        "jetson": jetson.board_state(Path(settings.jetson_root)),
         "results": results,
-        "processing": bench_processing(settings, num_classes),
+        "processing": bench_processing(settings.height, settings.width, results[0]["num_classes"]),
     }
 
 
-def _bench_in_subprocess(backend: str, artifact: str, settings: BenchSettings) -> dict:
+def _accuracy_of(manifest: dict | None) -> float | None:
+    """Argmax agreement with FP32 as the artifact's own gate measured it: the precision gate's
+    for FP16/INT8 artifacts, the parity gate's for FP32 exports; None when unknown."""
+    if not manifest:
+        return None
+    for section in ("fp16", "quantization"):
+        final = (manifest.get(section) or {}).get("gate", {}).get("final", {})
+        if "agreement" in final:
+            return float(final["agreement"])
+    shapes = (manifest.get("parity") or {}).get("shapes") or []
+    return min(s["argmax_agreement"] for s in shapes) if shapes else None
+
+
+def _bench_in_subprocess(backend: str, artifact: str, settings: BenchSettings) -> list[dict]:
     request = json.dumps({"backend": backend, "artifact": str(artifact), "settings": asdict(settings)})
     proc = subprocess.run([sys.executable, "-m", "segdeploy.bench", request], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SegdeployError(f"the {backend} benchmark failed: {last}")
+        raise SegdeployError(f"the {backend} benchmark of {artifact} failed: {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _machine() -> dict:
-    import os
-    import platform
+    from . import __version__
 
+    versions = {"segdeploy": __version__, "numpy": np.__version__}
+    for name in ("onnxruntime", "torch", "tensorrt"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                from importlib.metadata import version
+
+                versions[name] = version(name)
+            except Exception:
+                continue
+        else:
+            versions[name] = module.__version__
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+            "cpus": os.cpu_count(), "python": platform.python_version(), "versions": versions}
 
 
 def _worker(request_json: str) -> None:
-    from .errors import SegdeployError as Expected
-
     request = json.loads(request_json)
+    settings = request["settings"]
+    settings["batches"] = tuple(settings["batches"])
     try:
-        result = bench_backend(request["backend"], request["artifact"], BenchSettings(**request["settings"]))
-    except Expected as exc:
+        rows = bench_backend(request["backend"], request["artifact"], BenchSettings(**settings))
+    except SegdeployError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    print(json.dumps(result))
+    print(json.dumps(rows))
 
 
 if __name__ == "__main__":

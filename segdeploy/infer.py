@@ -12,26 +12,38 @@ from .errors import BadInputError
 
 def segment_files(artifact, images, backend: str = "ort", size: tuple[int, int] | None = None):
     """Yield ``(path, rgb_image, labels)`` for each image file, labels resized back to the image's size."""
-    from PIL import Image
-
     from .backend.base import make_runner
     from .manifest import resolve_artifact
-    from .preprocess import load_image, normalize, resize
+    from .preprocess import load_image
 
     onnx_path, manifest = resolve_artifact(artifact)
     if manifest is None:
         raise BadInputError(f"{artifact}: inference needs the manifest's input normalisation (export with segdeploy)")
-    spec_in = manifest["input"]
-    height, width = size or spec_in["size"]
     with make_runner(backend, onnx_path, manifest) as runner:
         for path in images:
             rgb = load_image(path)
-            feed = {spec_in["name"]: normalize(resize(rgb, height, width), spec_in)}
-            logits = runner.infer(feed)[manifest["output"]["name"]]
-            labels = logits[0].argmax(axis=0).astype(np.uint8)
-            if labels.shape != rgb.shape[:2]:
-                labels = np.asarray(Image.fromarray(labels).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST))
-            yield Path(path), rgb, labels
+            logits = predict_logits(runner, manifest, rgb, size)
+            yield Path(path), rgb, labels_at(logits.argmax(axis=0), rgb.shape[:2])
+
+
+def predict_logits(runner, manifest: dict, rgb: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The network's scores (C, h, w) for one uint8 RGB image, resized to ``size`` (default: the manifest's)."""
+    from .preprocess import normalize, resize
+
+    spec_in = manifest["input"]
+    height, width = size or spec_in["size"]
+    feed = {spec_in["name"]: normalize(resize(rgb, height, width), spec_in)}
+    return runner.infer(feed)[manifest["output"]["name"]][0]
+
+
+def labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 class ids resized (nearest: ids are never blended) to ``shape`` (H, W)."""
+    from PIL import Image
+
+    labels = labels.astype(np.uint8)
+    if labels.shape == tuple(shape):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((shape[1], shape[0]), Image.NEAREST))
 
 
 def write_outputs(out_dir: str | os.PathLike, path: Path, rgb: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:

@@ -19,13 +19,9 @@ evaluation: generated scenes (``val`` with ``masks/``), plus real photos from sc
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,13 +53,3 @@ def image_folders(tmp_path_factory, trained_fixture) -> dict[str, Path]:
     val = write_scene_folder(root / "val", generate_scenes(16, size, size, seed=8))
     return {"calib": calib, "val": val, "val_photos": write_photo_folder(root / "val_photos")}
 
-
-@pytest.fixture(scope="session")
-def cli_env() -> dict[str, str]:
-    """Environment for running ``[sys.executable, "-m", "segdeploy", ...]`` from this checkout."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-
-
-@pytest.fixture(scope="session")
-def python() -> str:
-    return sys.executable

@@ -56,7 +56,8 @@ def test_bench_compares_backends_side_by_side(artifact, tmp_path):
 def test_bench_table_and_time_budget(artifact):
     proc = run_cli("bench", artifact, "--seconds", "0.5", "--batch", "2", "--input-size", "32", "48")
     assert proc.returncode == 0, proc.stderr
-    assert "batch 2 · 32x48" in proc.stdout and "ort" in proc.stdout and "postprocess" in proc.stdout
+    assert "32x48" in proc.stdout and "│ ort " in proc.stdout and "postprocess" in proc.stdout
+    assert "│     2 │" in proc.stdout  # the batch column
 
 
 def test_device_side_runs_without_torch(artifact, tmp_path):

@@ -1,9 +1,13 @@
 // CPU driver of the dense CRF: OpenMP threads over pixels and lattice vertices, SIMD over
-// classes (each pixel's or vertex's class values form one row padded to a multiple of 8).
+// classes. Each pixel's or vertex's class values form one row, padded to a multiple of 8 floats.
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -15,67 +19,137 @@
 namespace segdeploy::densecrf {
 namespace {
 
-constexpr int kLanes = 8;
+// The hot loops are explicit SIMD through the vector types of GCC and Clang: a Block is one
+// native register (SSE/NEON: 4 floats, AVX: 8), and rows hold whole Blocks on every target.
+#if defined(__AVX__)
+constexpr int kBlockLanes = 8;
+#else
+constexpr int kBlockLanes = 4;
+#endif
+constexpr int kRowMultiple = 8;
+typedef float Block __attribute__((vector_size(kBlockLanes * sizeof(float))));
+typedef int32_t IntBlock __attribute__((vector_size(kBlockLanes * sizeof(int32_t))));
 
-// An uninitialised heap array that only grows (reused across the images of a batch).
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr std::align_val_t kRowAlignment{32};
+
+// Large arrays are aligned for Blocks and, from 2 MiB on, backed by huge pages where the OS
+// offers them: the lattice is read at random, and 4 KiB pages thrash the TLB.
+void* allocate_large(size_t bytes) {
+  if (bytes < kHugePage) return ::operator new[](bytes, kRowAlignment);
+  bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* memory = ::operator new[](bytes, std::align_val_t(kHugePage));
+#if defined(__linux__)
+  madvise(memory, bytes, MADV_HUGEPAGE);  // advice: a refusal changes nothing
+#endif
+  return memory;
+}
+
+void release_large(void* memory, size_t bytes) {
+  ::operator delete[](memory, bytes < kHugePage ? kRowAlignment : std::align_val_t(kHugePage));
+}
+
+// An uninitialised heap array that only grows: the scratch memory of one thread's calls.
 template <typename T>
 class Buffer {
  public:
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { release(); }
+
   T* reserve(size_t count) {
     if (count > size_) {
-      data_.reset(new T[count]);
+      release();
+      data_ = static_cast<T*>(allocate_large(count * sizeof(T)));
       size_ = count;
     }
-    return data_.get();
+    return data_;
   }
-  T* get() const { return data_.get(); }
+  T* get() const { return data_; }
 
  private:
-  std::unique_ptr<T[]> data_;
+  void release() {
+    if (data_ != nullptr) release_large(data_, size_ * sizeof(T));
+    data_ = nullptr;
+    size_ = 0;
+  }
+  T* data_ = nullptr;
   size_t size_ = 0;
 };
 
+// Dynamic chunks: on a busy machine a descheduled thread then delays a loop by one chunk, not by
+// its whole share.
 template <typename Body>
 void parallel_for(int64_t count, int threads, const Body& body) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (count > 2048)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1024) if (count > 4096)
   for (int64_t i = 0; i < count; ++i) body(i);
 }
 
-// exp(x) for x <= 0 within 2 ulp, exactly 0 below -87; written so that loops over it vectorise.
-inline float exp_nonpositive(float x) {
-  const float clamped = x < -87.0f ? -87.0f : x;
-  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
-  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;            // x - n ln 2, split
-  float p = 1.9875691500e-4f;
+int64_t exclusive_scan(int32_t* values, int64_t count) {
+  int64_t total = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int32_t value = values[i];
+    values[i] = int32_t(total);
+    total += value;
+  }
+  return total;
+}
+
+// Rows are read at addresses known a few iterations ahead: prefetching them turns memory latency
+// into bandwidth. kPrefetchAhead is in rows.
+constexpr int kPrefetchAhead = 12;
+inline void prefetch_row(const float* row, int width) {
+  for (int offset = 0; offset < width; offset += 64 / int(sizeof(float))) __builtin_prefetch(row + offset);
+  __builtin_prefetch(row + width - 1);
+}
+
+inline Block broadcast(float value) { return Block{} + value; }
+
+inline float horizontal_max(Block b) {
+  float m = b[0];
+  for (int l = 1; l < kBlockLanes; ++l) m = std::max(m, b[l]);
+  return m;
+}
+
+inline float horizontal_sum(Block b) {
+  float s = 0.0f;
+  for (int l = 0; l < kBlockLanes; ++l) s += b[l];
+  return s;
+}
+
+// exp(x) for x <= 0 within 2 ulp (Cephes' polynomial after a Cody-Waite reduction), exactly 0
+// below -87 so that padding classes carry no mass.
+inline Block exp_nonpositive(Block x) {
+  const Block low = broadcast(-87.0f);
+  const Block clamped = x < low ? low : x;
+  const Block shifter = broadcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Block n = (clamped * 1.44269504088896341f + shifter) - shifter;
+  const Block r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  Block p = broadcast(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x < -87.0f ? 0.0f : p * scale;
+  const IntBlock exponent = (__builtin_convertvector(n, IntBlock) + 127) << 23;
+  const Block result = p * reinterpret_cast<const Block&>(exponent);
+  return x < low ? Block{} : result;
 }
 
-// In-place softmax of one padded row (padding holds kPaddingLogProb and comes out as 0). The
-// reductions keep one partial result per SIMD lane: strict IEEE semantics forbid the compiler to
-// vectorise a plain running max or sum.
-inline void softmax_row(float* __restrict row, int width) {
-  float lane[kLanes];
-  std::copy(row, row + kLanes, lane);
-  for (int c = kLanes; c < width; c += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] = std::max(lane[l], row[c + l]);
-  const float largest = *std::max_element(lane, lane + kLanes);
-  for (int c = 0; c < width; ++c) row[c] = exp_nonpositive(row[c] - largest);
-  std::fill(lane, lane + kLanes, 0.0f);
-  for (int c = 0; c < width; c += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] += row[c + l];
-  float total = 0.0f;
-  for (int l = 0; l < kLanes; ++l) total += lane[l];
-  const float inverse = 1.0f / total;
-  for (int c = 0; c < width; ++c) row[c] *= inverse;
+// In-place softmax of one row (padding holds kPaddingLogProb and comes out as 0).
+inline void softmax_row(Block* __restrict row, int blocks) {
+  Block largest = row[0];
+  for (int b = 1; b < blocks; ++b) largest = largest > row[b] ? largest : row[b];
+  const float shift = horizontal_max(largest);
+  Block total{};
+  for (int b = 0; b < blocks; ++b) {
+    row[b] = exp_nonpositive(row[b] - shift);
+    total += row[b];
+  }
+  const float inverse = 1.0f / horizontal_sum(total);
+  for (int b = 0; b < blocks; ++b) row[b] *= inverse;
 }
 
 // One lattice with the weights that fold in the kernel's normalisation and Potts weight.
@@ -84,92 +158,80 @@ class CpuLattice {
  public:
   static constexpr int kVertices = D + 1;
 
-  explicit CpuLattice(int32_t pixels) {
-    L_.pixels = pixels;
-    L_.entries = pixels * kVertices;
-    const size_t entries = size_t(L_.entries);
-    L_.keys = keys_.reserve(entries * D);
-    L_.barycentric = barycentric_.reserve(entries);
-    L_.table_fill = &table_fill_;
-    // A small table stays in cache; lattices of images rarely have more vertices than pixels
-    // (the densecrf reference makes the same guess), and build() grows it when they do.
-    resize_table(table_size_for(pixels));
-    L_.entry_slot = entry_slot_.reserve(entries);
-    L_.owner_rank = owner_rank_.reserve(entries);
-    L_.entry_vertex = entry_vertex_.reserve(entries);
-    L_.vertex_keys = vertex_keys_.reserve(entries * D);
-    L_.vertex_size = vertex_size_.reserve(entries);
-    L_.segment_start = segment_start_.reserve(entries + 1);
-    L_.segment_entry = segment_entry_.reserve(entries);
-    L_.neighbors = neighbors_.reserve(entries * 2 * kVertices);
-    L_.vertex_count = &vertex_count_;
-    splat_weight_.reserve(entries);
-    splat_pixel_.reserve(entries);
-    slice_weight_.reserve(entries);
-  }
-
   // feature_of(pixel, float* feature) writes the pixel's D features.
   template <typename FeatureOf>
-  void build(const FeatureOf& feature_of, int threads) {
-    const LatticeArrays<D>& L = L_;
+  void build(int32_t pixels, const FeatureOf& feature_of, int threads) {
+    LatticeArrays<D>& L = L_;
+    L.pixels = pixels;
+    L.entries = pixels * kVertices;
+    const size_t entries = size_t(L.entries);
+    L.keys = keys_.reserve(entries * D);
+    L.barycentric = barycentric_.reserve(entries);
+    L.entry_slot = entry_slot_.reserve(entries);
+    L.owner_rank = owner_rank_.reserve(entries);
+    L.entry_vertex = entry_vertex_.reserve(entries);
+    L.table_fill = &table_fill_;
+
     const LatticeScale<D> scale;
-    parallel_for(L.pixels, threads, [&](int64_t pixel) {
+    parallel_for(pixels, threads, [&](int64_t pixel) {
       float feature[D];
       feature_of(pixel, feature);
       embed_pixel<D>(L, int32_t(pixel), feature, scale);
     });
-    for (;;) {
-      parallel_for(int64_t(L.table_mask) + 1, threads, [&](int64_t slot) { L.table[slot] = kEmptySlot; });
+    // A small table stays in cache. Lattices of images rarely have more vertices than pixels
+    // (the densecrf reference makes the same guess); the table grows when they do.
+    for (uint32_t table_size = table_size_for(pixels);; table_size *= 2) {
+      L.table = table_.reserve(table_size);
+      L.table_hash = table_hash_.reserve(table_size);
+      L.table_mask = table_size - 1;
+      L.max_fill = int32_t(std::min<int64_t>(table_size / 2, int64_t(L.entries) + 1));
+      std::fill(L.table, L.table + table_size, kEmptySlot);
       table_fill_ = 0;
       parallel_for(L.entries, threads, [&](int64_t entry) { insert_entry<D>(L, int32_t(entry)); });
       if (table_fill_ < L.max_fill) break;
-      resize_table(2 * (L.table_mask + 1));
     }
-    int32_t vertices = 0;
-    for (int32_t entry = 0; entry < L.entries; ++entry) {
-      L.owner_rank[entry] = vertices;
-      vertices += owns_key<D>(L, entry);
-    }
+    parallel_for(L.entries, threads, [&](int64_t entry) { L.owner_rank[entry] = owns_key<D>(L, int32_t(entry)); });
+    const int32_t vertices = int32_t(exclusive_scan(L.owner_rank, L.entries));
     vertex_count_ = vertices;
+    L.vertex_count = &vertex_count_;
+    L.vertex_keys = vertex_keys_.reserve(size_t(vertices) * D);
+    L.vertex_size = vertex_size_.reserve(size_t(vertices));
     std::fill(L.vertex_size, L.vertex_size + vertices, 0);
     parallel_for(L.entries, threads, [&](int64_t entry) { assign_vertex<D>(L, int32_t(entry)); });
     parallel_for(int64_t(L.table_mask) + 1, threads, [&](int64_t slot) { relabel_slot<D>(L, uint32_t(slot)); });
-    L.segment_start[0] = 0;
-    for (int32_t v = 0; v < vertices; ++v) L.segment_start[v + 1] = L.segment_start[v] + L.vertex_size[v];
+
+    L.segment_start = segment_start_.reserve(size_t(vertices) + 1);
+    std::copy(L.vertex_size, L.vertex_size + vertices, L.segment_start);
+    L.segment_start[vertices] = int32_t(exclusive_scan(L.segment_start, vertices));
     std::fill(L.vertex_size, L.vertex_size + vertices, 0);
+    L.segment_entry = segment_entry_.reserve(entries);
     parallel_for(L.entries, threads, [&](int64_t entry) { place_in_segment<D>(L, int32_t(entry)); });
     parallel_for(vertices, threads, [&](int64_t v) { sort_segment<D>(L, int32_t(v)); });
+
+    L.neighbor_stride = vertices;
+    L.neighbors = neighbors_.reserve(size_t(vertices) * 2 * kVertices);
     parallel_for(int64_t(vertices) * kVertices, threads, [&](int64_t i) {
       find_neighbors<D>(L, int32_t(i / kVertices), int(i % kVertices), vertices);
     });
-  }
-
-  int32_t vertex_count() const { return vertex_count_; }
-
-  void resize_table(uint32_t size) {
-    L_.table = table_.reserve(size);
-    L_.table_mask = size - 1;
-    L_.max_fill = int32_t(std::min<uint32_t>(size / 2, uint32_t(L_.entries) + 1));
   }
 
   // Row sums of the lattice kernel, then the splat weights (barycentric × pre) in segment order
   // and the slice weights (barycentric × scale × post × Potts weight) in entry order.
   void compute_weights(float potts_weight, int32_t normalization, int threads) {
     const LatticeArrays<D>& L = L_;
-    float* splat_weight = splat_weight_.get();
-    int32_t* splat_pixel = splat_pixel_.get();
+    float* splat_weight = splat_weight_.reserve(size_t(L.entries));
+    int32_t* splat_pixel = splat_pixel_.reserve(size_t(L.entries));
     parallel_for(L.entries, threads, [&](int64_t k) {
       const int32_t entry = L.segment_entry[k];
       splat_weight[k] = L.barycentric[entry];
       splat_pixel[k] = entry / kVertices;
     });
-    Buffer<float> ones_buffer, pre_buffer, post_buffer;
-    float* ones = ones_buffer.reserve(size_t(L.pixels));
-    float* pre = pre_buffer.reserve(size_t(L.pixels));
-    float* post = post_buffer.reserve(size_t(L.pixels));
+    float* ones = pixel_scratch_.reserve(size_t(L.pixels) * 2);
     std::fill(ones, ones + L.pixels, 1.0f);
     splat(ones, 1, threads);
     const float* row_sum = blur(1, threads);
+    float* pre = ones;  // the ones are splatted already
+    float* post = ones + L.pixels;
     const float scale = slice_scale<D>();
     parallel_for(L.pixels, threads, [&](int64_t pixel) {
       float sum = 0.0f;
@@ -180,29 +242,41 @@ class CpuLattice {
       normalization_factors(sum, normalization, pre + pixel, post + pixel);
     });
     parallel_for(L.entries, threads, [&](int64_t k) { splat_weight[k] *= pre[splat_pixel[k]]; });
-    float* slice_weight = slice_weight_.get();
+    float* slice_weight = slice_weight_.reserve(size_t(L.entries));
     parallel_for(L.entries, threads, [&](int64_t entry) {
       slice_weight[entry] = L.barycentric[entry] * scale * post[entry / kVertices] * potts_weight;
     });
   }
 
-  // values[v] = Σ over the vertex's entries of splat weight × q[pixel] (rows of `width` floats).
+  // values[v] = Σ over the vertex's entries of splat weight × q[pixel], for rows of `width`
+  // floats: 1 for the row sums, else whole Blocks.
   void splat(const float* q, int width, int threads) {
     const LatticeArrays<D>& L = L_;
     const size_t rows = size_t(vertex_count_) + 1;  // + the zero row that stands for "no neighbour"
     float* values = values_.reserve(rows * width);
-    scratch_.reserve(rows * width);
+    float* scratch = scratch_.reserve(rows * width);
     std::fill(values + vertex_count_ * size_t(width), values + rows * width, 0.0f);
-    std::fill(scratch_.get() + vertex_count_ * size_t(width), scratch_.get() + rows * width, 0.0f);
+    std::fill(scratch + vertex_count_ * size_t(width), scratch + rows * width, 0.0f);
     const float* splat_weight = splat_weight_.get();
     const int32_t* splat_pixel = splat_pixel_.get();
+    if (width == 1) {
+      parallel_for(vertex_count_, threads, [&](int64_t v) {
+        float sum = 0.0f;
+        for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) sum += splat_weight[k] * q[splat_pixel[k]];
+        values[v] = sum;
+      });
+      return;
+    }
+    const int blocks = width / kBlockLanes;
+    const int32_t last_entry = L.entries - 1;
     parallel_for(vertex_count_, threads, [&](int64_t v) {
-      float* __restrict out = values + v * width;
-      std::fill(out, out + width, 0.0f);
+      Block* __restrict out = reinterpret_cast<Block*>(values + v * width);
+      for (int b = 0; b < blocks; ++b) out[b] = Block{};
       for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
+        prefetch_row(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width, width);
         const float w = splat_weight[k];
-        const float* __restrict in = q + int64_t(splat_pixel[k]) * width;
-        for (int c = 0; c < width; ++c) out[c] += w * in[c];
+        const Block* __restrict in = reinterpret_cast<const Block*>(q + int64_t(splat_pixel[k]) * width);
+        for (int b = 0; b < blocks; ++b) out[b] += w * in[b];
       }
     });
   }
@@ -212,27 +286,43 @@ class CpuLattice {
     const LatticeArrays<D>& L = L_;
     float* source = values_.get();
     float* target = scratch_.get();
+    const int64_t last = vertex_count_ - 1;
     for (int axis = 0; axis < kVertices; ++axis) {
-      const int32_t* neighbors = L.neighbors + int64_t(axis) * L.entries * 2;
-      parallel_for(vertex_count_, threads, [&](int64_t v) {
-        const float* __restrict self = source + v * width;
-        const float* __restrict lower = source + int64_t(neighbors[2 * v]) * width;
-        const float* __restrict upper = source + int64_t(neighbors[2 * v + 1]) * width;
-        float* __restrict out = target + v * width;
-        for (int c = 0; c < width; ++c) out[c] = self[c] + 0.5f * (lower[c] + upper[c]);
-      });
+      const int32_t* neighbors = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
+      if (width == 1) {
+        parallel_for(vertex_count_, threads, [&](int64_t v) {
+          target[v] = source[v] + 0.5f * (source[neighbors[2 * v]] + source[neighbors[2 * v + 1]]);
+        });
+      } else {
+        const int blocks = width / kBlockLanes;
+        parallel_for(vertex_count_, threads, [&](int64_t v) {
+          const int64_t ahead = std::min(v + kPrefetchAhead / 2, last);
+          prefetch_row(source + int64_t(neighbors[2 * ahead]) * width, width);
+          prefetch_row(source + int64_t(neighbors[2 * ahead + 1]) * width, width);
+          const Block* __restrict self = reinterpret_cast<const Block*>(source + v * width);
+          const Block* __restrict lower = reinterpret_cast<const Block*>(source + int64_t(neighbors[2 * v]) * width);
+          const Block* __restrict upper =
+              reinterpret_cast<const Block*>(source + int64_t(neighbors[2 * v + 1]) * width);
+          Block* __restrict out = reinterpret_cast<Block*>(target + v * width);
+          for (int b = 0; b < blocks; ++b) out[b] = self[b] + 0.5f * (lower[b] + upper[b]);
+        });
+      }
       std::swap(source, target);
     }
     return source;
   }
 
   // Adds Σ_r slice weight × blurred[vertex] over the pixel's entries to `row`.
-  void add_message(int64_t pixel, const float* blurred, int width, float* __restrict row) const {
+  void add_message(int64_t pixel, const float* blurred, int blocks, Block* __restrict row) const {
+    const int width = blocks * kBlockLanes;
+    const int64_t ahead = std::min<int64_t>(pixel + (kPrefetchAhead + D) / kVertices, L_.pixels - 1);
+    for (int r = 0; r < kVertices; ++r)
+      prefetch_row(blurred + int64_t(L_.entry_vertex[ahead * kVertices + r]) * width, width);
     for (int r = 0; r < kVertices; ++r) {
       const int64_t entry = pixel * kVertices + r;
       const float w = slice_weight_.get()[entry];
-      const float* __restrict in = blurred + int64_t(L_.entry_vertex[entry]) * width;
-      for (int c = 0; c < width; ++c) row[c] += w * in[c];
+      const Block* __restrict in = reinterpret_cast<const Block*>(blurred + int64_t(L_.entry_vertex[entry]) * width);
+      for (int b = 0; b < blocks; ++b) row[b] += w * in[b];
     }
   }
 
@@ -242,7 +332,16 @@ class CpuLattice {
   int32_t table_fill_ = 0;
   Buffer<int32_t> keys_, table_, entry_slot_, owner_rank_, entry_vertex_, vertex_keys_, vertex_size_,
       segment_start_, segment_entry_, neighbors_, splat_pixel_;
-  Buffer<float> barycentric_, splat_weight_, slice_weight_, values_, scratch_;
+  Buffer<uint32_t> table_hash_;
+  Buffer<float> barycentric_, splat_weight_, slice_weight_, pixel_scratch_, values_, scratch_;
+};
+
+// Memory of a thread's calls, kept for its next call (sizes rarely change between calls, and
+// fresh pages cost as much as a few iterations); freed when the thread ends.
+struct Scratch {
+  Buffer<float> log_prob, q;
+  CpuLattice<kSpatialDims> spatial;
+  CpuLattice<kBilateralDims> bilateral;
 };
 
 // Reads one image's unary into log-probability rows; throws on a non-finite (or negative
@@ -252,7 +351,7 @@ void load_log_prob(const sd_crf_io& io, int32_t image, float* log_prob, int widt
   const int64_t base = int64_t(image) * io.classes * pixels;
   constexpr int64_t kTile = 256;  // pixels per tile: the transposition stays in cache
   int64_t first_bad = INT64_MAX;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first_bad)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) reduction(min : first_bad)
   for (int64_t tile = 0; tile < (pixels + kTile - 1) / kTile; ++tile) {
     const int64_t begin = tile * kTile, end = std::min(pixels, begin + kTile);
     for (int32_t c = 0; c < io.classes; ++c) {
@@ -295,36 +394,38 @@ void write_outputs(const sd_crf_io& io, int32_t image, const float* q, int width
   }
 }
 
-void run(const sd_crf_params& p, const sd_crf_io& io, int threads) {
+void run(const sd_crf_params& p, const sd_crf_io& io, int threads, Scratch& scratch) {
   const int64_t pixels = pixel_count(io);
-  const int width = (io.classes + kLanes - 1) / kLanes * kLanes;
-  Buffer<float> log_prob_buffer, q_buffer;
-  float* log_prob = log_prob_buffer.reserve(size_t(pixels) * width);
-  float* q = q_buffer.reserve(size_t(pixels) * width);
+  const int width = (io.classes + kRowMultiple - 1) / kRowMultiple * kRowMultiple;
+  const int blocks = width / kBlockLanes;
+  float* log_prob = scratch.log_prob.reserve(size_t(pixels) * width);
+  float* q = scratch.q.reserve(size_t(pixels) * width);
+  Block* q_rows = reinterpret_cast<Block*>(q);
+  const Block* log_prob_rows = reinterpret_cast<const Block*>(log_prob);
 
   // The spatial kernel depends on the image size only: one lattice serves the whole batch.
-  std::unique_ptr<CpuLattice<kSpatialDims>> spatial;
-  if (spatial_active(p)) {
-    spatial = std::make_unique<CpuLattice<kSpatialDims>>(int32_t(pixels));
-    spatial->build([&](int64_t i, float* f) { spatial_features(int(i % io.width), int(i / io.width), p, f); },
-                   threads);
+  CpuLattice<kSpatialDims>* spatial = spatial_active(p) ? &scratch.spatial : nullptr;
+  if (spatial) {
+    spatial->build(
+        int32_t(pixels), [&](int64_t i, float* f) { spatial_features(int(i % io.width), int(i / io.width), p, f); },
+        threads);
     spatial->compute_weights(p.spatial_weight, p.normalization, threads);
   }
-  std::unique_ptr<CpuLattice<kBilateralDims>> bilateral;
-  if (bilateral_active(p)) bilateral = std::make_unique<CpuLattice<kBilateralDims>>(int32_t(pixels));
+  CpuLattice<kBilateralDims>* bilateral = bilateral_active(p) ? &scratch.bilateral : nullptr;
 
   for (int32_t image = 0; image < io.batch; ++image) {
     load_log_prob(io, image, log_prob, width, threads);
     if (bilateral) {
       const ImageView view{io.image + int64_t(image) * pixels * 3, io.image_layout, io.height, io.width};
       bilateral->build(
+          int32_t(pixels),
           [&](int64_t i, float* f) { bilateral_features(int(i % io.width), int(i / io.width), view, p, f); },
           threads);
       bilateral->compute_weights(p.bilateral_weight, p.normalization, threads);
     }
     parallel_for(pixels, threads, [&](int64_t i) {
-      std::copy(log_prob + i * width, log_prob + (i + 1) * width, q + i * width);
-      softmax_row(q + i * width, width);
+      std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
+      softmax_row(q_rows + i * blocks, blocks);
     });
     for (int32_t iteration = 0; iteration < p.iterations; ++iteration) {
       const float* spatial_blurred = nullptr;
@@ -338,11 +439,11 @@ void run(const sd_crf_params& p, const sd_crf_io& io, int threads) {
         bilateral_blurred = bilateral->blur(width, threads);
       }
       parallel_for(pixels, threads, [&](int64_t i) {
-        float* row = q + i * width;
-        std::copy(log_prob + i * width, log_prob + (i + 1) * width, row);
-        if (spatial) spatial->add_message(i, spatial_blurred, width, row);
-        if (bilateral) bilateral->add_message(i, bilateral_blurred, width, row);
-        softmax_row(row, width);
+        Block* row = q_rows + i * blocks;
+        std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, row);
+        if (spatial) spatial->add_message(i, spatial_blurred, blocks, row);
+        if (bilateral) bilateral->add_message(i, bilateral_blurred, blocks, row);
+        softmax_row(row, blocks);
       });
     }
     write_outputs(io, image, q, width, threads);
@@ -365,6 +466,7 @@ extern "C" int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int 
   return segdeploy::guarded([&] {
     segdeploy::densecrf::validate(params, io);
     if (num_threads < 0) segdeploy::fail_invalid("num_threads must be >= 0 (0: all cores), got ", num_threads);
-    segdeploy::densecrf::run(*params, *io, segdeploy::densecrf::thread_count(num_threads));
+    thread_local segdeploy::densecrf::Scratch scratch;
+    segdeploy::densecrf::run(*params, *io, segdeploy::densecrf::thread_count(num_threads), scratch);
   });
 }

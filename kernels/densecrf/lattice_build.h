@@ -69,6 +69,7 @@ struct LatticeArrays {
   int32_t* keys = nullptr;           // [entries][D]
   float* barycentric = nullptr;      // [entries]
   int32_t* table = nullptr;          // [table_mask + 1]: smallest entry with the slot's key, then its vertex
+  uint32_t* table_hash = nullptr;    // [table_mask + 1]: hash of the slot's key, checked before the key
   int32_t* table_fill = nullptr;     // [1] slots claimed, or NULL for a table that cannot overflow
   int32_t max_fill = 0;              // with table_fill: claims allowed before the table must grow
   int32_t* entry_slot = nullptr;     // [entries]: slot of the entry's key
@@ -78,7 +79,8 @@ struct LatticeArrays {
   int32_t* vertex_size = nullptr;    // [entries]: entries per vertex, later the fill cursor
   int32_t* segment_start = nullptr;  // [entries + 1]: entries of vertex v in [start[v], start[v+1])
   int32_t* segment_entry = nullptr;  // [entries]: entry ids grouped by vertex, ascending
-  int32_t* neighbors = nullptr;      // [D+1][entries][2]: vertex -/+ along each axis, or M if absent
+  int32_t* neighbors = nullptr;      // [D+1][neighbor_stride][2]: vertex -/+ along each axis, or M if absent
+  int32_t neighbor_stride = 0;       // >= M
   int32_t* vertex_count = nullptr;   // [1]: M, the number of vertices
 
   SD_HOST_DEVICE const int32_t* key(int32_t entry) const { return keys + int64_t(entry) * D; }
@@ -123,12 +125,14 @@ template <int D>
 SD_HOST_DEVICE void insert_entry(const LatticeArrays<D>& L, int32_t entry) {
   if (L.table_fill != nullptr && atomic_load(L.table_fill) >= L.max_fill) return;
   const int32_t* key = L.key(entry);
-  uint32_t slot = hash_key<D>(key) & L.table_mask;
+  const uint32_t hash = hash_key<D>(key);
+  uint32_t slot = hash & L.table_mask;
   for (;;) {
     int32_t held = atomic_load(L.table + slot);
     if (held == kEmptySlot) {
       held = atomic_compare_swap(L.table + slot, kEmptySlot, entry);
       if (held == kEmptySlot) {
+        L.table_hash[slot] = hash;  // read only after this step
         if (L.table_fill != nullptr) atomic_fetch_add(L.table_fill, 1);
         break;
       }
@@ -192,11 +196,12 @@ SD_HOST_DEVICE void sort_segment(const LatticeArrays<D>& L, int32_t vertex) {
 // Vertex holding `key` (after step 5), or M when the lattice has no such vertex.
 template <int D>
 SD_HOST_DEVICE int32_t find_vertex(const LatticeArrays<D>& L, const int32_t* key, int32_t vertex_count) {
-  uint32_t slot = hash_key<D>(key) & L.table_mask;
+  const uint32_t hash = hash_key<D>(key);
+  uint32_t slot = hash & L.table_mask;
   for (;;) {
     const int32_t vertex = L.table[slot];
     if (vertex == kEmptySlot) return vertex_count;
-    if (same_key<D>(L.vertex_keys + int64_t(vertex) * D, key)) return vertex;
+    if (L.table_hash[slot] == hash && same_key<D>(L.vertex_keys + int64_t(vertex) * D, key)) return vertex;
     slot = (slot + 1) & L.table_mask;
   }
 }
@@ -215,7 +220,7 @@ SD_HOST_DEVICE void find_neighbors(const LatticeArrays<D>& L, int32_t vertex, in
     lower[axis] = key[axis] + D;
     upper[axis] = key[axis] - D;
   }
-  int32_t* out = L.neighbors + (int64_t(axis) * L.entries + vertex) * 2;
+  int32_t* out = L.neighbors + (int64_t(axis) * L.neighbor_stride + vertex) * 2;
   out[0] = find_vertex<D>(L, lower, vertex_count);
   out[1] = find_vertex<D>(L, upper, vertex_count);
 }

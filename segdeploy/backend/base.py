@@ -31,21 +31,35 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on named float32 inputs and return named numpy outputs."""
+        """Run on named float32 host arrays and return named host arrays (end to end)."""
+
+    def time_on_device(self, feed: dict[str, np.ndarray], iterations: int) -> list[float] | None:
+        """Per-run GPU time in ms (CUDA events, inputs already on the device); None on a CPU."""
+        return None
+
+    def peak_device_memory_mb(self) -> float | None:
+        """Peak GPU memory this runner allocated, when it can tell; None on a CPU."""
+        return None
 
 
-# --backends name -> "module:class"; each class is constructed from an artifact folder's
-# ONNX path and manifest.
+# --backends name -> ("module:class", constructor options). Each class is built by its
+# ``from_artifact(onnx_path, manifest, **options)``.
 BACKENDS = {
-    "ort": "segdeploy.backend.onnxrt.runner:OnnxrtRunner",
-    "torch": "segdeploy.backend.torch.runner:TorchRunner",
+    "ort": ("segdeploy.backend.onnxrt.runner:OnnxrtRunner", {}),
+    "ort-cuda": ("segdeploy.backend.onnxrt.runner:OnnxrtRunner", {"providers": ("CUDAExecutionProvider",)}),
+    "torch": ("segdeploy.backend.torch.runner:TorchRunner", {}),
+    "torch-cuda": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda"}),
+    "torch-cuda-fp16": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda", "half": True}),
+    "torch-cuda-graph": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda", "cuda_graph": True}),
 }
 
 
 def make_runner(backend: str, onnx_path, manifest: dict | None, **options) -> Runner:
-    target = BACKENDS.get(backend)
-    if target is None:
+    if backend not in BACKENDS:
         raise BadInputError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    target, backend_options = BACKENDS[backend]
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.from_artifact(onnx_path, manifest, **options)
+    runner = cls.from_artifact(onnx_path, manifest, **backend_options, **options)
+    runner.name = backend
+    return runner

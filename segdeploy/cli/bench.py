@@ -15,74 +15,96 @@ def _backend_list(ctx, param, value: str) -> list[str]:
     return names
 
 
+def _batch_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas, got {value!r}")
+    return batches
+
+
+def _warmup(ctx, param, value: str) -> int | None:
+    if value == "auto":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"expected a number of runs or 'auto', got {value!r}")
+
+
 @click.command()
-@click.argument("artifact", type=click.Path())
+@click.argument("artifacts", nargs=-1, type=click.Path())
 @click.option("--backends", default="ort", show_default=True, callback=_backend_list,
-              help="Comma-separated backends to compare: ort, torch (torch needs the 'export' extra).")
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True)
+              help="Comma-separated backends: ort, ort-cuda, torch, torch-cuda, torch-cuda-fp16, torch-cuda-graph.")
+@click.option("--batch", "batches", default="1", show_default=True, callback=_batch_list,
+              help="Batch size, or several for a throughput sweep (1,2,4,8).")
 @click.option("--input-size", nargs=2, type=click.IntRange(1), metavar="H W", help="Input shape. Default: the manifest's export shape.")
-@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed runs first.")
-@click.option("--iterations", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per backend.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Time budget per backend instead of --iterations.")
+@click.option("--warmup", default="3", show_default=True, callback=_warmup,
+              help="Untimed runs first, or 'auto': until two rounds' median latencies agree within 5%.")
+@click.option("--iterations", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per backend and batch.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Time budget per backend and batch instead of --iterations.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads per backend. Default: each framework's own.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write latency.png (and accuracy_vs_latency.png) into this folder.")
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="BEFORE.json AFTER.json",
+              help="Compare two saved runs (two machines, two builds) instead of benchmarking.")
+@click.option("--jetson-root", default="/", hidden=True, help="Root of the sysfs tree read for Jetson power rails.")
 @json_option
-def bench(artifact, backends, batch, input_size, warmup, iterations, seconds, threads, output, as_json):
-    """Latency, throughput and peak memory of ARTIFACT on several backends, side by side.
+def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, output, plots, compare,
+          jetson_root, as_json):
+    """Latency, throughput and peak memory of ARTIFACTS on several backends, side by side.
 
-    ARTIFACT is an export folder (model.onnx + manifest.json) or an ONNX file. Each backend
-    runs in its own process on the same inputs; the model figures exclude pre- and
-    post-processing, which are timed separately. Ratios are of medians, measured in one run.
+    Each ARTIFACT is an export folder (model.onnx + manifest.json) or an ONNX file; give
+    several (FP32, FP16, INT8) to compare precisions. Every artifact/backend pair runs in its
+    own process on the same inputs. The model figures exclude pre- and post-processing,
+    which are timed apart. Ratios are of medians measured in this one run. On a GPU, the
+    torch-cuda backends also report GPU time (CUDA events) and peak GPU memory; on a Jetson,
+    power per rail and energy per frame, the power mode and thermal throttling.
 
     \b
     Examples:
       segdeploy bench artifacts/deeplabv3plus --backends torch,ort
-      segdeploy bench model.onnx --input-size 720 1280 --seconds 10 --json -o bench.json
+      segdeploy bench fp32/ fp16/ int8/ --batch 1,4 --plots plots -o bench.json
+      segdeploy bench model.onnx --input-size 720 1280 --seconds 10 --json
+      segdeploy bench --compare desktop.json jetson.json
     """
+    from ..bench_report import compare_rows, load_report, print_compare, print_table, write_plots
+
+    if compare:
+        if artifacts:
+            raise click.UsageError("give either ARTIFACTS to benchmark or --compare BEFORE.json AFTER.json")
+        rows = compare_rows(load_report(compare[0]), load_report(compare[1]))
+        echo_json(rows) if as_json else print_compare(*compare, rows)
+        return
+    if not artifacts:
+        raise click.UsageError("give at least one ARTIFACT (an export folder or an ONNX file)")
+    report = _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, jetson_root, as_json)
+    if output:
+        from ..fileio import write_json
+
+        write_json(output, report)
+    written = write_plots(report, plots) if plots else []
+    if as_json:
+        echo_json(report)
+        return
+    print_table(report)
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, jetson_root, quiet):
     from ..bench import BenchSettings, run_bench
-    from ..fileio import write_json
     from ..manifest import resolve_artifact
 
-    _, manifest = resolve_artifact(artifact)
+    _, manifest = resolve_artifact(artifacts[0])
     if input_size:
         height, width = input_size
     elif manifest:
         height, width = manifest["input"]["size"]
     else:
-        raise click.UsageError(f"{artifact} has no manifest: give --input-size H W")
-    settings = BenchSettings(batch=batch, height=height, width=width, warmup=warmup, iterations=iterations,
-                             seconds=seconds, threads=threads)
-    with progress_status(not as_json) as progress:
-        report = run_bench(artifact, backends, settings, progress=progress)
-    if output:
-        write_json(output, report)
-    if as_json:
-        echo_json(report)
-    else:
-        print_table(report)
-
-
-def print_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    s = report["settings"]
-    table = Table(title=f"{report.get('model') or report['artifact']} · batch {s['batch']} · {s['height']}x{s['width']}")
-    for column in ("backend", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "images/s", "peak RSS MB", "speed vs " + report["results"][0]["backend"]):
-        table.add_column(column, justify="left" if column == "backend" else "right")
-    for r in report["results"]:
-        table.add_row(r["backend"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                      f"{r['mean_ms']:.1f} ± {r['std_ms']:.1f}", f"{r['throughput_ips']:.1f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['speedup_vs_first']:.2f}x")
-    for stage in ("preprocess", "postprocess"):
-        p = report["processing"][stage]
-        table.add_row(f"[dim]{stage}[/dim]", f"{p['median_ms']:.1f}", f"{p['p90_ms']:.1f}", f"{p['p99_ms']:.1f}",
-                      f"{p['mean_ms']:.1f} ± {p['std_ms']:.1f}", "", "", "")
-    console = Console(width=max(Console().width, 110))
-    console.print(table)
-    noisy = [r["backend"] for r in report["results"] if r["cv"] > 0.1]
-    if noisy:
-        console.print(f"[yellow]warning:[/yellow] noisy timings (CV > 10%) for {', '.join(noisy)}: the machine was busy; "
-                      "use --iterations or --seconds for more samples")
-    console.print(f"[dim]pre/post-processing (numpy, CPU) excluded from the model figures: "
-                  f"{report['processing']['preprocess']['what']}; {report['processing']['postprocess']['what']}[/dim]")
+        raise click.UsageError(f"{artifacts[0]} has no manifest: give --input-size H W")
+    settings = BenchSettings(batches=batches, height=height, width=width, warmup=warmup, iterations=iterations,
+                             seconds=seconds, threads=threads, jetson_root=jetson_root)
+    with progress_status(not quiet) as progress:
+        return run_bench(list(artifacts), backends, settings, progress=progress)

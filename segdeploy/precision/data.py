@@ -41,8 +41,8 @@ class ImageSet:
     def describe(self) -> dict:
         return {
             "folder": str(self.root),
-            "count": len(self.paths),
-            "skipped": len(self.skipped),
+            "count": len(self.images),
+            "skipped": self.skipped,
             "masks": self.masks is not None,
             "files_sha256": self.fingerprint,
         }

@@ -74,7 +74,7 @@ class Reference:
 
 @dataclass
 class Comparison:
-    """A candidate against the FP32 reference; percentages and mIoU points."""
+    """A candidate against the FP32 reference: agreement as a fraction (0..1), mIoU in percent points."""
 
     agreement: float
     miou: float | None = None
@@ -85,7 +85,7 @@ class Comparison:
     noise_ratio: float | None = None
 
     def to_json(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (float(f"{v:.7g}") if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def compare(session, reference: Reference, reference_session=None) -> Comparison:
@@ -109,7 +109,7 @@ def compare(session, reference: Reference, reference_session=None) -> Comparison
             signal += float(np.square(expected, dtype=np.float64).sum())
             count += delta.size
     argmax = np.concatenate(argmax)
-    result = Comparison(agreement=float(100.0 * np.mean(argmax == reference.argmax)))
+    result = Comparison(agreement=float(np.mean(argmax == reference.argmax)))
     if reference.miou is not None:
         result.miou = reference._miou(argmax)
         result.miou_drop = reference.miou - result.miou

@@ -21,6 +21,7 @@ from onnx import TensorProto
 
 from ..errors import MissingDependencyError, VerificationError
 from .data import ImageSet
+from .graph import sort_topologically
 
 SENSITIVE_OPS = (
     "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
@@ -42,11 +43,56 @@ def _converter():
 def convert_to_fp16(model: onnx.ModelProto, keep_fp32: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """FP16 copy of ``model`` with float32 I/O; the nodes named in ``keep_fp32`` and SENSITIVE_OPS stay FP32."""
     float16 = _converter()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # the converter edits the model it is given
     converted = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *SENSITIVE_OPS], node_block_list=sorted(keep_fp32),
+        copy, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *SENSITIVE_OPS], node_block_list=sorted(keep_fp32),
     )  # fmt: skip
+    remove_cast_round_trips(converted)
+    sort_topologically(converted)
     check_float32_io(converted)
     return converted
+
+
+def remove_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop float32 -> float16 -> float32 Cast pairs.
+
+    The converter routes even a tensor between two FP32-kept nodes through FP16, which loses the
+    precision (or the range: 1e5 becomes inf) that keeping them was for. The consumers of the
+    second Cast read the original float32 tensor instead; a graph output keeps its name via Identity.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    dtypes.update({i.name: i.data_type for i in model.graph.initializer})
+    producers = {out: node for node in model.graph.node for out in node.output}
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    renamed = {}
+    for node in list(model.graph.node):
+        first = producers.get(node.input[0]) if node.input else None
+        if cast_to(node) != TensorProto.FLOAT or first is None or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        if dtypes.get(first.input[0]) != TensorProto.FLOAT:
+            continue
+        if node.output[0] in graph_outputs:
+            node.op_type = "Identity"
+            node.ClearField("attribute")
+            node.input[0] = first.input[0]
+        else:
+            renamed[node.output[0]] = first.input[0]
+            model.graph.node.remove(node)
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    used = {name for node in model.graph.node for name in node.input} | graph_outputs
+    for node in list(model.graph.node):
+        if cast_to(node) == TensorProto.FLOAT16 and node.output[0] not in used:
+            model.graph.node.remove(node)
+    return model
 
 
 def check_float32_io(model: onnx.ModelProto) -> None:
@@ -63,7 +109,8 @@ def check_float32_io(model: onnx.ModelProto) -> None:
 
 
 def overflowing_nodes(model: onnx.ModelProto, images: ImageSet, spec: dict, input_name: str) -> list[str]:
-    """Nodes whose FP32 outputs on ``images`` exceed OVERFLOW_SHARE of the FP16 range."""
+    """Nodes that produce or consume a tensor whose FP32 values on ``images`` exceed OVERFLOW_SHARE of
+    the FP16 range: both ends stay FP32, so the tensor is never cast to FP16."""
     import numpy as np
 
     from ..backend.onnxrt.runner import import_onnxruntime
@@ -71,18 +118,15 @@ def overflowing_nodes(model: onnx.ModelProto, images: ImageSet, spec: dict, inpu
     ort = import_onnxruntime()
     probe = onnx.shape_inference.infer_shapes(model)
     known = {v.name: v for v in probe.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
-    outputs = {o.name for o in probe.graph.output}
-    producers = {}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name in known and name not in outputs:
-                probe.graph.output.append(known[name])
-                producers[name] = node.name
+    graph_outputs = {o.name for o in probe.graph.output}
+    for name in known.keys() - graph_outputs:
+        probe.graph.output.append(known[name])
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    peaks = dict.fromkeys(producers, 0.0)
+    peaks = dict.fromkeys(names, 0.0)
     for x in images.batches(spec, 1):  # one image at a time: every activation of a large model is in memory
         for name, value in zip(names, session.run(names, {input_name: x})):
-            if name in peaks and value.size:
+            if value.size and value.dtype == np.float32:
                 peaks[name] = max(peaks[name], float(np.abs(value).max()))
-    return sorted({producers[name] for name, peak in peaks.items() if peak > OVERFLOW_SHARE * FP16_MAX})
+    large = {name for name, peak in peaks.items() if peak > OVERFLOW_SHARE * FP16_MAX}
+    return sorted(n.name for n in model.graph.node if large & {*n.input, *n.output})

@@ -1,7 +1,7 @@
 """The accuracy gate, and the sensitivity analysis that meets it by keeping layers in higher precision.
 
 A reduced-precision model passes when, against FP32 on the validation images, its argmax
-agrees on at least ``min_agreement`` % of pixels and (with masks) its mIoU is at most
+agrees on at least the fraction ``min_agreement`` of pixels and (with masks) its mIoU is at most
 ``max_miou_drop`` points lower. When the fully reduced model misses that budget:
 
 1. each candidate layer is reduced *alone* (everything else kept in higher precision) and
@@ -23,14 +23,14 @@ from .evaluate import Comparison, Reference, compare, open_session
 
 @dataclass(frozen=True)
 class Budget:
-    min_agreement: float = 99.0  # percent of pixels whose argmax matches FP32
+    min_agreement: float = 0.99  # fraction of pixels whose argmax matches FP32
     max_miou_drop: float = 0.5  # mIoU points below FP32, when masks are given
 
     def misses(self, result: Comparison) -> list[str]:
         """Why ``result`` fails the budget (empty when it passes)."""
         missed = []
         if result.agreement < self.min_agreement:
-            missed.append(f"argmax agreement {result.agreement:.3f}% < {self.min_agreement:g}%")
+            missed.append(f"argmax agreement {result.agreement:.4%} < {self.min_agreement:.4%}")
         if result.miou_drop is not None and result.miou_drop > self.max_miou_drop:
             missed.append(f"mIoU drop {result.miou_drop:.3f} pt > {self.max_miou_drop:g} pt")
         return missed

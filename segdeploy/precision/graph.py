@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,9 @@ def weighted_layers(model: onnx.ModelProto) -> list[tuple[str, str]]:
 
 
 def layer_macs(path: Path, spec: dict) -> dict[str, int]:
-    """Multiply-accumulates per weighted layer for one image of the manifest's size (empty if unknown)."""
-    from onnxruntime.quantization.shape_inference import SymbolicShapeInference
+    """Multiply-accumulates per weighted layer of the float model at ``path`` for one image of the
+    manifest's size (empty if the shapes cannot be inferred)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     model = onnx.load(str(path))
     height, width = spec["size"]
@@ -68,3 +70,30 @@ def layer_macs(path: Path, spec: dict) -> dict[str, int]:
         if shape and all(shape):
             macs[node.name] = int(np.prod(shape)) * per_element
     return macs
+
+
+def sort_topologically(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes so each comes after the producers of its inputs (ONNX requires it; converters
+    that append Cast nodes at the end break it). Stable: already-ordered graphs are unchanged."""
+    nodes = list(model.graph.node)
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output if out}
+    waiting_on = [{producer[i] for i in node.input if i in producer} for node in nodes]
+    consumers: dict[int, list[int]] = {}
+    for index, needs in enumerate(waiting_on):
+        for need in needs:
+            consumers.setdefault(need, []).append(index)
+    ready = [index for index, needs in enumerate(waiting_on) if not needs]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for consumer in consumers.get(index, []):
+            waiting_on[consumer].discard(index)
+            if not waiting_on[consumer]:
+                heapq.heappush(ready, consumer)
+    if len(order) != len(nodes):
+        raise ValueError("the graph has a cycle")
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes[i] for i in order)
+    return model

@@ -18,7 +18,7 @@ quantizes from the saved ranges without running the model again.
 from __future__ import annotations
 
 import contextlib
-import sys
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +83,7 @@ class Int8Builder:
         self.calibration_cache = Path(calibration_cache)
         self.prepared = self.workdir / "prepared.onnx"
         q = _quantization_api()
-        with _stdout_to_stderr():
+        with _quiet():
             # Shape inference and ORT's basic graph optimisations (constant folding, Conv+BN fusion).
             q.shape_inference.quant_pre_process(str(fp32_path), str(self.prepared))
         onnx.save(name_nodes(onnx.load(str(self.prepared))), str(self.prepared))
@@ -101,10 +101,10 @@ class Int8Builder:
     def calibrate(self, images: ImageSet, spec: dict, input_name: str, batch: int, progress=None) -> None:
         """Collect activation ranges over ``images`` and save them to ``calibration_cache``."""
         q = _quantization_api()
-        options = {"symmetric": self.scheme.activation_symmetric, "max_intermediate_outputs": 1}
+        options = {"symmetric": self.scheme.activation_symmetric}
         if self.method == "percentile":
             options["percentile"] = self.percentile
-        with tempfile.TemporaryDirectory(prefix="segdeploy-calib-") as tmp, _stdout_to_stderr():
+        with tempfile.TemporaryDirectory(prefix="segdeploy-calib-") as tmp, _quiet():
             calibrator = q.create_calibrator(
                 self.prepared, list(self.scheme.op_types or []) or None,
                 augmented_model_path=str(Path(tmp) / "augmented.onnx"),
@@ -144,7 +144,7 @@ class Int8Builder:
             extra["QDQOpTypePerChannelSupportToAxis"] = dict(WEIGHT_CHANNEL_AXIS)
         self._builds += 1
         output = output or self.workdir / f"int8-{self._builds}.onnx"
-        with _stdout_to_stderr():
+        with _quiet():
             q.quantize_static(
                 str(self.prepared), str(output), calibration_data_reader=None,
                 quant_format=q.QuantFormat.QDQ, op_types_to_quantize=list(scheme.op_types) if scheme.op_types else None,
@@ -218,7 +218,7 @@ class _OneBatch:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
-    # ONNX Runtime's calibrators print progress on stdout, which belongs to --json output.
-    with contextlib.redirect_stdout(sys.stderr):
+def _quiet():
+    # ONNX Runtime's calibrators print chatter on stdout, which belongs to --json output.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         yield

@@ -26,7 +26,3 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
     total = confusion.sum()
     return float(100.0 * np.trace(confusion) / total) if total else 100.0
 
-
-def argmax_agreement(reference_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Percentage of pixels whose argmax class is the same in both (N, C, H, W) outputs."""
-    return float(100.0 * np.mean(reference_logits.argmax(1) == logits.argmax(1)))

@@ -31,11 +31,19 @@ class SessionFromOnnx:
 
     def __call__(self):
         ort = import_onnxruntime()
+        missing = [p for p in self.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise BadInputError(
+                f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)} (available: "
+                f"{', '.join(ort.get_available_providers())}); install the matching onnxruntime build"
+            )
         options = self.session_options or ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
         try:
-            return ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+            # The CPU provider stays last as the fallback for nodes a GPU provider does not take.
+            providers = list(dict.fromkeys([*self.providers, "CPUExecutionProvider"]))
+            return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise BadInputError(f"{self.path}: ONNX Runtime cannot load this model ({exc})") from None
 
@@ -48,18 +56,14 @@ class OnnxrtRunner(Runner):
         self.session = None
 
     @classmethod
-    def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, **_):
-        return cls(SessionFromOnnx(onnx_path, threads=threads))
+    def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, providers=("CPUExecutionProvider",), **_):
+        return cls(SessionFromOnnx(onnx_path, providers=providers, threads=threads))
 
     def activate(self):
         self.session = self.session_loader()
 
     def deactivate(self):
         self.session = None
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i.name for i in self.session.get_inputs()]
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

@@ -1,4 +1,5 @@
-"""PyTorch eager execution: the reference that exported graphs are checked against."""
+"""PyTorch eager execution: the reference that exported graphs are checked against, and on a
+GPU the FP32/FP16/CUDA-graph baselines that engines are compared with."""
 
 from __future__ import annotations
 
@@ -34,31 +35,91 @@ class ModelFromManifest:
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, model_loader, output_names=("logits",), threads: int | None = None, device: str = "cpu"):
+    def __init__(self, model_loader, output_names=("logits",), threads: int | None = None, device: str = "cpu",
+                 half: bool = False, cuda_graph: bool = False):
         self.model_loader = model_loader
         self.output_names = tuple(output_names)
         self.threads = threads
         self.device = device
+        self.half = half
+        self.cuda_graph = cuda_graph
         self.model = None
+        # input shape -> (graph, static input, static outputs): a CUDA graph replays one shape.
+        self._graphs: dict = {}
 
     @classmethod
-    def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, **_):
-        outputs = (manifest or {}).get("output", {}).get("name", "logits")
-        return cls(ModelFromManifest(manifest), output_names=(outputs,), threads=threads)
+    def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, **options):
+        outputs = (manifest or {}).get("output", {}).get("all") or [(manifest or {}).get("output", {}).get("name", "logits")]
+        return cls(ModelFromManifest(manifest), output_names=outputs, threads=threads, **options)
 
     def activate(self):
         torch = import_torch()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BadInputError(f"backend {self.name} needs a CUDA GPU and torch sees none")
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.model = self.model_loader().eval().to(self.device)
+        model = self.model_loader().eval().to(self.device)
+        self.model = model.half() if self.half else model
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
 
     def deactivate(self):
         self.model = None
+        self._graphs.clear()
+
+    def _run(self, images):
+        """Model outputs as a tuple, for device-resident ``images`` of the model's dtype."""
+        torch = import_torch()
+        if not self.cuda_graph:
+            with torch.inference_mode():
+                out = self.model(images)
+            return out if isinstance(out, (tuple, list)) else (out,)
+        key = tuple(images.shape)
+        if key not in self._graphs:
+            static_in = images.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                for _ in range(3):  # warm up kernels and allocator outside the capture
+                    self.model(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph):
+                out = self.model(static_in)
+            self._graphs[key] = (graph, static_in, out if isinstance(out, (tuple, list)) else (out,))
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(images)
+        graph.replay()
+        return static_out
+
+    def _to_device(self, array: np.ndarray):
+        torch = import_torch()
+        tensor = torch.from_numpy(array).to(self.device, non_blocking=False)
+        return tensor.half() if self.half else tensor
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (images,) = feed.values()
+        outs = self._run(self._to_device(images))
+        return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs)}
+
+    def time_on_device(self, feed: dict[str, np.ndarray], iterations: int) -> list[float] | None:
+        if not self.device.startswith("cuda"):
+            return None
         torch = import_torch()
         (images,) = feed.values()
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(images).to(self.device))
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs)}
+        images = self._to_device(images)
+        self._run(images)
+        times = []
+        for _ in range(iterations):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._run(images)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return times
+
+    def peak_device_memory_mb(self) -> float | None:
+        if not self.device.startswith("cuda"):
+            return None
+        return import_torch().cuda.max_memory_allocated() / 2**20

@@ -1,0 +1,291 @@
+"""Evaluate one or several artifacts on a labelled data set, in lockstep.
+
+Each image is loaded once and run through every artifact, each on its own backend: the
+prediction is made exactly as ``segdeploy infer`` makes it (resize to the network input,
+argmax, nearest-neighbour back to the image's size), so the score is the deployed pipeline's.
+With a dense CRF, the network scores are refined before the argmax, either at the image's
+resolution (scores resized bilinearly, the usual DeepLab post-processing) or at the network's.
+
+Metrics come from confusion matrices (``segdeploy.precision.metrics``), accumulated over the
+whole set: mIoU over the classes present in the truth or the predictions, per-class IoU (NaN
+for a class that appears in neither), pixel accuracy; pixels labelled 255 are ignored. Between
+artifacts, pixel agreement is the share of all image pixels with the same predicted class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..precision.metrics import confusion_matrix, mean_iou, pixel_accuracy
+from .datasets import IGNORE_INDEX, Dataset, Sample
+
+SCHEMA = "segdeploy.eval/1"
+CRF_AT = ("image", "input")
+
+
+def per_class_iou(confusion: np.ndarray) -> np.ndarray:
+    """IoU of each class in percent (rows of ``confusion`` = truth); NaN where the class is in neither."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, 100.0 * intersection / np.maximum(union, 1), np.nan)
+
+
+def scores(confusion: np.ndarray, class_names: list[str]) -> dict:
+    """The JSON block of one confusion matrix: mIoU, pixel accuracy, per-class IoU (None = absent)."""
+    ious = per_class_iou(confusion)
+    return {
+        "miou": round(mean_iou(confusion), 4),
+        "pixel_accuracy": round(pixel_accuracy(confusion), 4),
+        "per_class_iou": {name: (None if np.isnan(v) else round(float(v), 4)) for name, v in zip(class_names, ious)},
+        "class_pixels": {name: int(n) for name, n in zip(class_names, np.asarray(confusion).sum(1))},
+        "confusion_matrix": np.asarray(confusion).astype(int).tolist(),
+    }
+
+
+@dataclass
+class CRFSettings:
+    """``params``: a :class:`segdeploy.crf.CRFParams` (None: its defaults); ``at``: "image" or "input"."""
+
+    params: object = None
+    at: str = "image"
+
+    def describe(self) -> dict:
+        from ..crf import CRFParams
+
+        return {"at": self.at, "params": dataclasses.asdict(self.params or CRFParams())}
+
+
+@dataclass
+class Candidate:
+    """One artifact under evaluation, with the running totals of its predictions."""
+
+    artifact: Path
+    label: str
+    backend: str
+    onnx_path: Path
+    manifest: dict
+    confusion: np.ndarray | None = None
+    agree: int = 0  # pixels predicted as the first artifact predicts them
+    pixels: int = 0
+    seconds: float = 0.0  # inference, pre- and post-processing (not the CRF)
+    crf_confusion: np.ndarray | None = None
+    crf_agree: int = 0
+    crf_seconds: float = 0.0
+    images: int = 0
+
+    @property
+    def precision(self) -> str | None:
+        return (self.manifest.get("onnx") or {}).get("precision")
+
+    def result(self, class_names: list[str], reference: "Candidate", crf: CRFSettings | None) -> dict:
+        block = {"artifact": str(self.artifact), "label": self.label, "backend": self.backend,
+                 "precision": self.precision, **scores(self.confusion, class_names)}  # fmt: skip
+        block["miou_delta"] = round(mean_iou(self.confusion) - mean_iou(reference.confusion), 4)
+        block["agreement"] = round(100.0 * self.agree / max(self.pixels, 1), 4)
+        block["seconds_per_image"] = round(self.seconds / max(self.images, 1), 5)
+        if crf is not None:
+            crf_block = {**crf.describe(), **scores(self.crf_confusion, class_names)}
+            crf_miou = mean_iou(self.crf_confusion)
+            crf_block["miou_gain"] = round(crf_miou - mean_iou(self.confusion), 4)
+            crf_block["miou_delta"] = round(crf_miou - mean_iou(reference.crf_confusion), 4)
+            crf_block["agreement"] = round(100.0 * self.crf_agree / max(self.pixels, 1), 4)
+            crf_block["seconds_per_image"] = round(self.crf_seconds / max(self.images, 1), 5)
+            block["crf"] = crf_block
+        return block
+
+
+@dataclass
+class SampleOutcome:
+    """What one sample gave, for writers of overlays and prediction files."""
+
+    index: int
+    sample: Sample
+    image: np.ndarray
+    mask: np.ndarray
+    predictions: list[np.ndarray]  # per candidate, uint8 at the image's size
+    crf_predictions: list[np.ndarray] | None = None
+
+
+@dataclass
+class Evaluation:
+    dataset: Dataset
+    candidates: list[Candidate]
+    class_names: list[str]
+    crf: CRFSettings | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def report(self, limit: int | None = None) -> dict:
+        """The ``segdeploy.eval/1`` JSON: the first artifact's results at the top level, every
+        artifact under ``compare`` when there are several."""
+        reference = self.candidates[0]
+        results = [c.result(self.class_names, reference, self.crf) for c in self.candidates]
+        first = {k: v for k, v in results[0].items() if k not in ("miou_delta", "agreement")}
+        if "crf" in first:
+            first["crf"] = {k: v for k, v in first["crf"].items() if k not in ("miou_delta", "agreement")}
+        report = {
+            "schema": SCHEMA,
+            "model": (reference.manifest.get("model") or {}).get("name"),
+            **first,
+            "dataset": {**self.dataset.describe(), "limit": limit},
+            "classes": list(self.class_names),
+            "ignore_index": IGNORE_INDEX,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.dataset.notes) + self.notes,
+        }
+        if len(results) > 1:
+            report["compare"] = results
+        return report
+
+
+def artifact_labels(artifacts) -> list[str]:
+    """Short unique names for tables and file names: the artifact folder's name (or the file's stem)."""
+    labels = []
+    for artifact in map(Path, artifacts):
+        name = artifact.parent.name if artifact.is_file() and artifact.name == "model.onnx" else (
+            artifact.name if artifact.is_dir() else artifact.stem)
+        name = name or "artifact"
+        label, n = name, 2
+        while label in labels:
+            label, n = f"{name}-{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def open_candidates(artifacts, backends: list[str]) -> list[Candidate]:
+    from ..manifest import resolve_artifact
+
+    if len(backends) == 1:
+        backends = backends * len(artifacts)
+    if len(backends) != len(artifacts):
+        raise BadInputError(f"{len(backends)} backends for {len(artifacts)} artifacts: give one, or one per artifact")
+    candidates = []
+    for artifact, label, backend in zip(artifacts, artifact_labels(artifacts), backends):
+        onnx_path, manifest = resolve_artifact(artifact)
+        if manifest is None:
+            raise BadInputError(f"{artifact}: evaluation needs the manifest's input normalisation (export with segdeploy)")
+        candidates.append(Candidate(Path(artifact), label, backend, onnx_path, manifest))
+    return candidates
+
+
+def _class_names(candidates: list[Candidate], dataset: Dataset, num_classes: int) -> list[str]:
+    counts = {c.label: len(c.manifest["classes"]) for c in candidates if c.manifest.get("classes")}
+    if len(set(counts.values())) > 1:
+        raise BadInputError(f"the artifacts have different numbers of classes ({counts}): they cannot be compared")
+    names = candidates[0].manifest.get("classes")
+    if names and len(names) == num_classes:
+        return [str(n) for n in names]
+    if dataset.classes and len(dataset.classes) == num_classes:
+        return list(dataset.classes)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def resize_scores(scores_chw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, h, w) float32 scores resized bilinearly to (C, height, width)."""
+    from PIL import Image
+
+    if scores_chw.shape[1:] == (height, width):
+        return np.ascontiguousarray(scores_chw, dtype=np.float32)
+    return np.stack([
+        np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F").resize((width, height), Image.BILINEAR))
+        for channel in scores_chw
+    ])  # fmt: skip
+
+
+def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings) -> np.ndarray:
+    """uint8 labels at the image's size from the network's (C, h, w) scores refined by the dense CRF."""
+    from ..crf import dense_crf
+    from ..infer import labels_at
+    from ..preprocess import resize
+
+    height, width = rgb.shape[:2]
+    if settings.at == "image":
+        unary, image = resize_scores(logits, height, width), rgb
+    else:
+        h, w = logits.shape[1:]
+        unary, image = np.ascontiguousarray(logits, dtype=np.float32), resize(rgb, h, w)
+    labels = dense_crf(unary, np.ascontiguousarray(image), settings.params, unary_kind="logits", output="labels")
+    return labels_at(labels, (height, width))
+
+
+def evaluate(
+    artifacts,
+    dataset: Dataset,
+    backends: list[str] = ("ort",),
+    *,
+    size: tuple[int, int] | None = None,
+    crf: CRFSettings | None = None,
+    runner_options: dict | None = None,
+    on_sample: Callable[[SampleOutcome], None] | None = None,
+) -> Evaluation:
+    """Run every artifact over ``dataset``; ``on_sample`` sees each sample's predictions as they come."""
+    from ..backend.base import make_runner
+    from ..infer import labels_at, predict_logits
+
+    if crf is not None and crf.at not in CRF_AT:
+        raise BadInputError(f"CRF resolution must be one of {', '.join(CRF_AT)}, got {crf.at!r}")
+    if len(dataset) == 0:
+        raise BadInputError(f"{dataset.root}: no samples to evaluate")
+    candidates = open_candidates(list(artifacts), list(backends))
+    evaluation = Evaluation(dataset, candidates, [], crf)
+    started = time.perf_counter()
+    num_classes = None
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(make_runner(c.backend, c.onnx_path, c.manifest, **(runner_options or {})))
+                   for c in candidates]  # fmt: skip
+        for index, sample in enumerate(dataset.samples):
+            rgb, mask = dataset.load(sample)
+            predictions, refined = [], [] if crf is not None else None
+            for candidate, runner in zip(candidates, runners):
+                t0 = time.perf_counter()
+                logits = np.asarray(predict_logits(runner, candidate.manifest, rgb, size), dtype=np.float32)
+                labels = labels_at(logits.argmax(axis=0), rgb.shape[:2])
+                candidate.seconds += time.perf_counter() - t0
+                if num_classes is None:
+                    num_classes = logits.shape[0]
+                    evaluation.class_names = _class_names(candidates, dataset, num_classes)
+                    for c in candidates:
+                        c.confusion = np.zeros((num_classes, num_classes), np.int64)
+                        c.crf_confusion = np.zeros((num_classes, num_classes), np.int64) if crf is not None else None
+                elif logits.shape[0] != num_classes:
+                    raise BadInputError(f"{candidate.artifact}: {logits.shape[0]} classes, but "
+                                        f"{candidates[0].artifact} has {num_classes}: they cannot be compared")
+                if not predictions:
+                    _check_mask(mask, sample, num_classes, candidate)
+                candidate.confusion += confusion_matrix(mask, labels, num_classes)
+                candidate.pixels += labels.size
+                candidate.images += 1
+                candidate.agree += int(np.count_nonzero(labels == predictions[0])) if predictions else labels.size
+                predictions.append(labels)
+                if crf is not None:
+                    t0 = time.perf_counter()
+                    crf_pred = crf_labels(logits, rgb, crf)
+                    candidate.crf_seconds += time.perf_counter() - t0
+                    candidate.crf_confusion += confusion_matrix(mask, crf_pred, num_classes)
+                    candidate.crf_agree += int(np.count_nonzero(crf_pred == refined[0])) if refined else crf_pred.size
+                    refined.append(crf_pred)
+            if on_sample is not None:
+                on_sample(SampleOutcome(index, sample, rgb, mask, predictions, refined))
+    evaluation.seconds = time.perf_counter() - started
+    return evaluation
+
+
+def _check_mask(mask: np.ndarray, sample: Sample, num_classes: int, candidate: Candidate) -> None:
+    """Every mask value is a class of the model or 255 (ignore); anything else means the wrong data set."""
+    values = np.unique(mask)
+    bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= num_classes))]
+    if bad.size:
+        raise BadInputError(
+            f"{sample.mask}: class id {int(bad[0])} in the mask, but {candidate.artifact} predicts {num_classes} "
+            f"classes (0..{num_classes - 1}; {IGNORE_INDEX} = ignore): is this the model's data set?"
+        )

@@ -1,0 +1,186 @@
+"""What an evaluation leaves behind: confusion-matrix PNGs, overlays, prediction masks, tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import atomic_path
+from .evaluate import Evaluation, SampleOutcome, per_class_iou
+
+PLOT_HINT = "pip install 'segdeploy[plot]'"
+
+
+def write_confusion_png(path: str | os.PathLike, confusion: np.ndarray, class_names: list[str], title: str) -> Path | None:
+    """A heat map of the row-normalised confusion matrix (share of each true class); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    confusion = np.asarray(confusion, dtype=np.float64)
+    rows = confusion.sum(1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    n = len(class_names)
+    side = min(max(4.0, 0.45 * n + 2.5), 24.0)
+    figure = Figure(figsize=(side + 1.2, side), dpi=100)
+    axes = figure.add_subplot()
+    shown = axes.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="share of the true class's pixels")
+    axes.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    axes.set_yticks(range(n), class_names, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if share[i, j] >= 0.005:
+                    axes.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                              color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def write_confusion_pngs(evaluation: Evaluation, out_dir: Path) -> tuple[list[str], str | None]:
+    """``confusion.png`` for the first artifact (``confusion_LABEL.png`` for the others, ``*_crf`` with
+    the CRF); returns the files and a note when matplotlib is missing."""
+    written = []
+    for index, candidate in enumerate(evaluation.candidates):
+        suffix = "" if index == 0 else f"_{_safe(candidate.label)}"
+        variants = [("", candidate.confusion)]
+        if evaluation.crf is not None:
+            variants.append(("_crf", candidate.crf_confusion))
+        for crf_suffix, confusion in variants:
+            data = " ".join(filter(None, [evaluation.dataset.layout, evaluation.dataset.split]))
+            title = (f"{candidate.label} ({candidate.backend}{', CRF' if crf_suffix else ''}) on "
+                     f"{data} · {len(evaluation.dataset)} images")
+            path = write_confusion_png(out_dir / f"confusion{suffix}{crf_suffix}.png", confusion, evaluation.class_names, title)
+            if path is None:
+                return written, f"matplotlib is not installed: confusion PNGs skipped ({PLOT_HINT})"
+            written.append(str(path))
+    return written, None
+
+
+def _safe(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+
+
+class SampleWriter:
+    """Writes overlay strips of the first ``overlays`` samples and, if asked, every prediction mask.
+
+    An overlay strip is ``overlays/ID.png``: the image, the truth, then each artifact's prediction
+    (and each CRF prediction), colours of the VOC palette blended over the image.
+    ``predictions/ID.png`` (``predictions/LABEL/ID.png`` with several artifacts; ``predictions_crf``
+    with the CRF) are palette PNGs of class indices, as ``segdeploy infer`` writes them.
+    """
+
+    def __init__(self, out_dir: Path, labels: list[str], overlays: int = 4, save_predictions: bool = False):
+        self.out_dir = Path(out_dir)
+        self.labels = labels
+        self.overlays = overlays
+        self.save_predictions = save_predictions
+        self.overlay_files: list[str] = []
+
+    def __call__(self, outcome: SampleOutcome) -> None:
+        if outcome.index < self.overlays:
+            self.overlay_files.append(str(self._overlay(outcome)))
+        if self.save_predictions:
+            self._predictions("predictions", outcome.sample.id, outcome.predictions)
+            if outcome.crf_predictions is not None:
+                self._predictions("predictions_crf", outcome.sample.id, outcome.crf_predictions)
+
+    def _predictions(self, folder: str, sample_id: str, predictions: list[np.ndarray]) -> None:
+        from ..visualize import label_image
+
+        for label, prediction in zip(self.labels, predictions):
+            base = self.out_dir / folder / (_safe(label) if len(self.labels) > 1 else "")
+            with atomic_path(base / f"{sample_id}.png") as tmp:
+                label_image(prediction).save(tmp, format="PNG")
+
+    def _overlay(self, outcome: SampleOutcome) -> Path:
+        from PIL import Image, ImageDraw
+
+        from ..visualize import overlay
+
+        panels = [("image", outcome.image), ("truth", overlay(outcome.image, outcome.mask))]
+        panels += [(label, overlay(outcome.image, p)) for label, p in zip(self.labels, outcome.predictions)]
+        if outcome.crf_predictions is not None:
+            panels += [(f"{label}+crf", overlay(outcome.image, p)) for label, p in zip(self.labels, outcome.crf_predictions)]
+        height, width = outcome.image.shape[:2]
+        caption = 12
+        strip = Image.new("RGB", (width * len(panels) + 2 * (len(panels) - 1), height + caption), (255, 255, 255))
+        draw = ImageDraw.Draw(strip)
+        for i, (name, panel) in enumerate(panels):
+            x = i * (width + 2)
+            strip.paste(Image.fromarray(panel), (x, caption))
+            draw.text((x + 2, 0), name[: max(width // 6, 4)], fill=(0, 0, 0))
+        path = self.out_dir / "overlays" / f"{outcome.sample.id}.png"
+        with atomic_path(path) as tmp:
+            strip.save(tmp, format="PNG")
+        return path
+
+
+def print_tables(report: dict, console=None) -> None:
+    """The summary (one row per artifact, deltas vs the first) and the per-class IoU table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=max(Console().width, 110))
+    results = report.get("compare") or [report]
+    crf = "crf" in report
+    dataset = report["dataset"]
+    several = len(results) > 1
+    title = (f"{dataset['layout']} {dataset['split'] or '(all)'} · {dataset['count']} images · {dataset['root']}")
+    summary = Table(title=title)
+    columns = ["artifact", "precision", "backend", "mIoU", "pixel acc"]
+    if several:
+        columns += ["Δ mIoU (pts)", "agreement %"]
+    if crf:
+        columns += ["mIoU +CRF", "CRF gain"] + (["Δ mIoU +CRF", "agreement +CRF %"] if several else [])
+    for column in columns:
+        summary.add_column(column, justify="left" if column in ("artifact", "precision", "backend") else "right")
+    for index, r in enumerate(results):
+        row = [r["label"], str(r.get("precision") or "?"), r["backend"], f"{r['miou']:.2f}", f"{r['pixel_accuracy']:.2f}"]
+        if several:
+            row += ["ref", "ref"] if index == 0 else [f"{r['miou_delta']:+.2f}", f"{r['agreement']:.2f}"]
+        if crf:
+            c = r["crf"]
+            row += [f"{c['miou']:.2f}", f"{c['miou_gain']:+.2f}"]
+            if several:
+                row += ["ref", "ref"] if index == 0 else [f"{c['miou_delta']:+.2f}", f"{c['agreement']:.2f}"]
+        summary.add_row(*row)
+    console.print(summary)
+
+    per_class = Table(title="IoU per class (%)")
+    per_class.add_column("class")
+    per_class.add_column("pixels %", justify="right")
+    for r in results:
+        per_class.add_column(r["label"], justify="right")
+        if crf:
+            per_class.add_column(f"{r['label']} +CRF", justify="right")
+    total = max(sum(report["class_pixels"].values()), 1)
+    for name in report["classes"]:
+        row = [name, f"{100.0 * report['class_pixels'][name] / total:.1f}"]
+        for r in results:
+            row.append(_iou(r["per_class_iou"][name]))
+            if crf:
+                row.append(_iou(r["crf"]["per_class_iou"][name]))
+        per_class.add_row(*row)
+    console.print(per_class)
+    for note in report.get("notes", []):
+        console.print(f"[dim]note: {note}[/dim]")
+
+
+def _iou(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+__all__ = ["write_confusion_png", "write_confusion_pngs", "SampleWriter", "print_tables", "per_class_iou"]

@@ -1,0 +1,336 @@
+"""FP16 and INT8 artifacts end to end: load, reduce, gate against FP32, write, record provenance.
+
+Both commands share the steps; they differ in how a model is reduced (``build(keep)``) and in
+what the manifest records. A result is keyed by everything it depends on (parent sha256, image
+files, settings, tool versions): re-running with the same inputs finds the key in the output
+folder's manifest and reuses the result; INT8 calibration ranges are cached under their own key,
+so a run that changes only the gate settings quantizes again without recalibrating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BadInputError
+from ..fileio import sha256_file
+from ..manifest import MANIFEST_NAME, ONNX_NAME, read_manifest
+from ..preprocess import IMAGE_SUFFIXES
+from ..targets import DEFAULT_TARGET, get_target
+from .artifact import Source, default_output_dir, load_source, tool_versions, write_artifact
+from .data import ImageSet, folder_fingerprint, image_folder_files, load_image_set
+from .evaluate import DEFAULT_BATCH, Reference, compare, measure_latency, open_session
+from .gate import Budget, GateOutcome, run_gate
+from .graph import layer_macs, name_nodes, weighted_layers
+
+#: Probe images generated when no --val folder is given to ``fp16`` (seeded, so results repeat).
+GENERATED_PROBE = {"count": 8, "seed": 20240}
+
+
+def _no_progress(message: str) -> None:
+    pass
+
+
+@dataclass
+class PrecisionResult:
+    output_dir: Path
+    manifest: dict
+    section: str  # "fp16" or "quantization"
+    reused: bool
+
+    @property
+    def report(self) -> dict:
+        return self.manifest[self.section]
+
+    @property
+    def passed(self) -> bool:
+        return self.report["gate"]["passed"]
+
+    def to_json(self) -> dict:
+        return {
+            "output": str(self.output_dir),
+            "precision": self.manifest["onnx"]["precision"],
+            "target": self.manifest["onnx"].get("target"),
+            "reused": self.reused,
+            **self.report,
+        }
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Input normalisation from the command line: required for a foreign ONNX file, else overrides."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    budget: Budget = Budget()
+    sensitivity: bool = True
+    #: Validation images each layer's sensitivity is scored on (the budget is checked on all).
+    sensitivity_images: int = 8
+
+
+def make_fp16(
+    path: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    val_dir: str | os.PathLike | None = None,
+    keep_fp32: tuple[str, ...] = (),
+    gate: GateSettings = GateSettings(),
+    target: str | None = None,
+    normalisation: Normalisation = Normalisation(),
+    progress: Callable[[str], None] = _no_progress,
+) -> PrecisionResult:
+    """An FP16 artifact of the FP32 model at ``path``, checked against it on ``val_dir`` (or generated scenes)."""
+    import onnx
+
+    from .fp16 import convert_to_fp16, overflowing_nodes
+
+    source = load_source(path, **asdict(normalisation))
+    profile = _target(source, target, default=None)
+    output_dir = Path(output_dir) if output_dir else default_output_dir(source, "fp16")
+    settings = {"keep_fp32": sorted(keep_fp32), "gate": asdict(gate)}
+    key = _key(source, "fp16", settings, _fingerprint(val_dir, "validation") if val_dir else GENERATED_PROBE)
+    reused = _reusable(output_dir, "fp16", key)
+    if reused:
+        return PrecisionResult(output_dir, reused, "fp16", True)
+
+    validation = _validation_set(source, val_dir, fallback=None)
+    with tempfile.TemporaryDirectory(prefix="segdeploy-fp16-") as work:
+        model = name_nodes(onnx.load(str(source.onnx_path)))
+        progress("looking for activations beyond the FP16 range")
+        overflow = overflowing_nodes(model, _subset(validation, gate.sensitivity_images), source.spec, source.input_name)
+        always_fp32 = frozenset(keep_fp32) | frozenset(overflow)
+        unknown = always_fp32 - {n.name for n in model.graph.node}
+        if unknown:
+            raise BadInputError(f"--keep-fp32: no node named {', '.join(sorted(unknown))} in {source.onnx_path}")
+        builds = iter(range(1, 1 << 30))
+
+        def build(keep: frozenset) -> Path:
+            out = Path(work) / f"fp16-{next(builds)}.onnx"
+            onnx.save(convert_to_fp16(model, always_fp32 | keep), str(out))
+            return out
+
+        candidates = [layer for layer in weighted_layers(model) if layer[0] not in always_fp32]
+        named = Path(work) / "fp32-named.onnx"
+        onnx.save(model, str(named))
+        section = {
+            "key": key,
+            "converter": "onnxruntime.transformers.float16 (float32 inputs/outputs kept)",
+            "kept_fp32_by_request": sorted(keep_fp32),
+            "kept_fp32_for_range": overflow,
+        }
+        return _gate_and_write(source, output_dir, "fp16", profile.name if profile else None, "fp16", section,
+                               build, candidates, named, validation, gate, progress)  # fmt: skip
+
+
+def make_int8(
+    path: str | os.PathLike,
+    calib_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    method: str = "entropy",
+    target: str | None = None,
+    val_dir: str | os.PathLike | None = None,
+    keep_float: tuple[str, ...] = (),
+    gate: GateSettings = GateSettings(),
+    batch: int = 8,
+    min_images: int = 8,
+    max_images: int | None = None,
+    percentile: float = 99.999,
+    normalisation: Normalisation = Normalisation(),
+    progress: Callable[[str], None] = _no_progress,
+    calibration_progress: Callable[[int, int], None] | None = None,
+) -> PrecisionResult:
+    """A Q/DQ INT8 artifact for ``target``'s runtime, calibrated on the images under ``calib_dir``.
+
+    ``calibration_progress(done, total)`` is called after each calibration batch.
+    """
+    from .int8 import SCHEMES, Int8Builder
+
+    source = load_source(path, **asdict(normalisation))
+    profile = _target(source, target, default=DEFAULT_TARGET)
+    scheme = SCHEMES[profile.quantization]
+    if source.batch is not None:
+        batch = source.batch  # a fixed-batch graph takes only its own batch size
+    if batch < 1 or min_images < 1:
+        raise BadInputError("--batch and --min-images must be at least 1")
+    output_dir = Path(output_dir) if output_dir else default_output_dir(source, "int8")
+    calibration = {"method": method, "batch": batch, "max_images": max_images, "preprocessing": source.spec,
+                   "files_sha256": _fingerprint(calib_dir, "calibration", max_images)}  # fmt: skip
+    if method == "percentile":
+        calibration["percentile"] = percentile
+    calibration_key = _key(source, "int8-calibration", {"scheme": asdict(scheme), **calibration})
+    settings = {"calibration_key": calibration_key, "keep_float": sorted(keep_float), "gate": asdict(gate)}
+    key = _key(source, "int8", settings, _fingerprint(val_dir, "validation") if val_dir else "calibration images")
+    reused = _reusable(output_dir, "quantization", key)
+    if reused:
+        return PrecisionResult(output_dir, reused, "quantization", True)
+
+    progress("loading calibration images")
+    calib = load_image_set(calib_dir, source.spec, purpose="calibration", min_images=min_images, max_images=max_images, with_masks=False)
+    if len(calib) < batch:
+        raise BadInputError(
+            f"{calib_dir}: the calibration set has {len(calib)} image(s), fewer than the batch size {batch}; "
+            "add images or lower --batch"
+        )
+    validation = _validation_set(source, val_dir, fallback=calib)
+    cache = output_dir / f"calibration-{calibration_key[:16]}.json"
+    with tempfile.TemporaryDirectory(prefix="segdeploy-int8-") as work:
+        progress("preparing the graph (shape inference, constant folding)")
+        builder = Int8Builder(source.onnx_path, scheme, method, Path(work), cache, percentile)
+        recalibrated = not cache.is_file()
+        if recalibrated:
+            progress(f"calibrating ({method}) on {len(calib)} images")
+            output_dir.mkdir(parents=True, exist_ok=True)
+            done = 0
+
+            def counted(count: int) -> None:
+                nonlocal done
+                done += count
+                if calibration_progress:
+                    calibration_progress(done, len(calib))
+
+            builder.calibrate(calib, source.spec, source.input_name, batch, counted)
+        for stale in output_dir.glob("calibration-*.json"):
+            if stale != cache:
+                stale.unlink()
+        candidates = builder.candidates()
+        unknown = set(keep_float) - {name for name, _ in candidates}
+        if unknown:
+            raise BadInputError(f"--keep-float: no weighted layer named {', '.join(sorted(unknown))} (see the manifest's sensitivity ranking)")
+        section = {
+            "key": key,
+            "quantizer": "onnxruntime.quantization (QDQ)",
+            "scheme": scheme.describe(),
+            "calibration": {
+                **calibration,
+                "key": calibration_key,
+                "folder": str(Path(calib_dir)),
+                "count": len(calib),
+                "skipped": calib.skipped,
+                "ranges_file": cache.name,
+                "reused_ranges": not recalibrated,
+            },
+            "kept_float_by_request": sorted(keep_float),
+        }
+        always_float = frozenset(keep_float)
+        return _gate_and_write(source, output_dir, "int8", profile.name, "quantization", section,
+                               lambda keep: builder.build(always_float | keep),
+                               [c for c in candidates if c[0] not in always_float], builder.prepared,
+                               validation, gate, progress)  # fmt: skip
+
+
+def _gate_and_write(source: Source, output_dir: Path, precision: str, target: str | None, section_name: str,
+                    section: dict, build, candidates, layers_model: Path, validation: ImageSet, gate: GateSettings,
+                    progress) -> PrecisionResult:  # fmt: skip
+    """Gate the reduced model (keeping sensitive layers back if needed) and write the artifact.
+
+    ``layers_model`` is the float graph whose node names ``build`` and ``candidates`` use.
+    """
+    batch, fixed = (source.batch, True) if source.batch else (DEFAULT_BATCH, False)
+    progress(f"running FP32 on {len(validation)} validation images")
+    fp32 = open_session(source.onnx_path)
+    reference = Reference.compute(fp32, validation, source.spec, batch, fixed)
+    subset = Reference.compute(fp32, _subset(validation, gate.sensitivity_images), source.spec, batch, fixed, keep_logits=True)
+    outcome = run_gate(build, candidates, reference, subset, gate.budget, gate.sensitivity, progress)
+    progress("measuring the final model's error against FP32")
+    final = compare(open_session(outcome.model), reference, reference_session=fp32)
+    section["gate"] = {
+        "passed": outcome.passed,
+        "missed": outcome.missed,
+        "budget": asdict(gate.budget),
+        "validation": validation.describe(),
+        "fp32_miou": reference.miou,
+        "before_sensitivity": outcome.initial.to_json(),
+        "final": final.to_json(),
+        "kept_in_higher_precision": outcome.kept,
+        "sensitivity_ranking": outcome.ranking,
+        "search": outcome.steps,
+        "cost": _cost(outcome, source, layers_model, progress),
+    }
+    manifest = write_artifact(output_dir, outcome.model, source, precision, target, {section_name: section})
+    return PrecisionResult(output_dir, manifest, section_name, False)
+
+
+def _cost(outcome: GateOutcome, source: Source, layers_model: Path, progress) -> dict:
+    """What keeping layers in higher precision costs: their share of the MACs, and ORT CPU latency."""
+    kept = set(outcome.kept)
+    macs = layer_macs(layers_model, source.spec)
+    cost = {"kept_mac_share": round(sum(macs.get(k, 0) for k in kept) / sum(macs.values()), 4) if macs else None}
+    if kept:
+        progress("measuring the latency cost (ONNX Runtime, CPU, batch 1)")
+        batch = source.batch or 1
+        reduced = measure_latency(open_session(outcome.initial_model), source.spec, batch)
+        final = measure_latency(open_session(outcome.model), source.spec, batch)
+        cost["latency_ms"] = {"runtime": "onnxruntime-cpu", "fully_reduced": round(reduced, 3), "final": round(final, 3), "ratio": round(final / reduced, 3)}
+    return cost
+
+
+def _validation_set(source: Source, val_dir, fallback: ImageSet | None) -> ImageSet:
+    if val_dir is not None:
+        return load_image_set(val_dir, source.spec, purpose="validation")
+    if fallback is not None:
+        return replace(fallback, root=Path(f"{fallback.root} (calibration images: no --val given)"))
+    import numpy as np
+
+    from ..fixtures.scenes import generate_scenes
+
+    height, width = source.spec["size"]
+    scenes = generate_scenes(GENERATED_PROBE["count"], height, width, seed=GENERATED_PROBE["seed"])
+    return ImageSet(Path("generated scenes (no --val given)"), [], np.stack([s.image for s in scenes]), fingerprint="generated")
+
+
+def _subset(images: ImageSet, count: int) -> ImageSet:
+    masks = images.masks[:count] if images.masks is not None else None
+    return ImageSet(images.root, images.paths[:count], images.images[:count], masks=masks, fingerprint=images.fingerprint)
+
+
+def _target(source: Source, name: str | None, default: str | None):
+    name = name or source.manifest["onnx"].get("target") or default
+    if name is None:
+        return None
+    profile = get_target(name)
+    if source.opset > profile.max_opset:
+        raise BadInputError(
+            f"{source.onnx_path}: opset {source.opset} is newer than target {profile.name!r} accepts "
+            f"(<= {profile.max_opset}); export again with --target {profile.name}"
+        )
+    return profile
+
+
+def _fingerprint(folder, purpose: str, max_images: int | None = None) -> str:
+    root, files, masks = image_folder_files(folder)
+    if not files:
+        raise BadInputError(f"{folder}: no {purpose} images here (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+    files = files[:max_images] if max_images else files
+    mask_files = sorted(p for p in masks.rglob("*") if p.is_file()) if masks else []
+    return folder_fingerprint(folder, files + mask_files)
+
+
+def _key(source: Source, kind: str, settings: dict, *extra) -> str:
+    payload = {"kind": kind, "parent": source.sha256, "input": source.spec, "settings": settings, "extra": extra, "versions": tool_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reusable(output_dir: Path, section: str, key: str) -> dict | None:
+    """The manifest of an earlier result with this key whose model file is intact, else None."""
+    manifest_path, onnx_path = output_dir / MANIFEST_NAME, output_dir / ONNX_NAME
+    if not (manifest_path.is_file() and onnx_path.is_file()):
+        return None
+    try:
+        manifest = read_manifest(manifest_path)
+    except BadInputError:
+        return None
+    if manifest.get(section, {}).get("key") != key or manifest["onnx"].get("sha256") != sha256_file(onnx_path):
+        return None
+    return manifest
