@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import BadInputError, MissingDependencyError
+from .errors import BadInputError
+from .optional import require
 
 
 def load_report(path: str | os.PathLike) -> dict:
@@ -106,13 +107,9 @@ def print_compare(before_path, after_path, rows: list[dict]) -> None:
 
 
 def _pyplot():
-    try:
-        import matplotlib
+    require("matplotlib", extra="plot", why="needed for --plots").use("Agg")
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingDependencyError("matplotlib", extra="plot", why="needed for --plots") from None
     return plt
 
 

@@ -21,9 +21,6 @@ from .preprocess import input_spec
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-#: The dynamo exporter emits opset 18 and newer; older opsets go through the TorchScript exporter.
-MIN_DYNAMO_OPSET = 18
-DEFAULT_OPSET = 18
 #: Size multiple assumed for user factories that do not declare ``output_stride``.
 DEFAULT_SIZE_MULTIPLE = 32
 
@@ -52,7 +49,8 @@ def export_model(
     model_kwargs: dict | None = None,
     checkpoint: str | os.PathLike | None = None,
     input_size: tuple[int, int] = (512, 512),
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
+    target: str | None = None,
     thresholds: Thresholds = Thresholds(),
     class_names: list[str] | None = None,
     seed: int = 0,
@@ -60,11 +58,19 @@ def export_model(
 ) -> ExportResult:
     """Export ``model_name`` to ``output_dir/model.onnx`` + ``manifest.json`` and run the parity gate.
 
+    ``target`` (see ``segdeploy.targets``) chooses the opset and so the exporter; ``opset``
+    overrides the target's default within what the target's runtime accepts.
+
     Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
     when the ONNX graph does not reproduce PyTorch within ``thresholds``.
     """
     from .models.loading import build_model
     from .models.registry import get_spec
+    from .targets import get_target
+
+    profile = get_target(target)
+    opset = opset or profile.opset
+    exporter = profile.exporter_for(opset)
 
     if num_classes < 1:
         raise BadInputError(f"--num-classes must be at least 1 (got {num_classes})")
@@ -85,7 +91,7 @@ def export_model(
     with atomic_path(onnx_path) as tmp_onnx:
         progress(f"exporting to ONNX (opset {opset})")
         started = time.perf_counter()
-        output_names = _export_onnx(model, tmp_onnx, height, width, opset)
+        output_names = _export_onnx(model, tmp_onnx, height, width, opset, exporter)
         export_seconds = time.perf_counter() - started
 
         progress("checking parity with PyTorch at two shapes")
@@ -109,8 +115,9 @@ def export_model(
                 "sha256": sha256_file(tmp_onnx),
                 "bytes": tmp_onnx.stat().st_size,
                 "opset": opset,
-                "exporter": "torch.onnx (dynamo)" if opset >= MIN_DYNAMO_OPSET else "torch.onnx (torchscript)",
+                "exporter": f"torch.onnx ({exporter})",
                 "precision": "fp32",
+                "target": profile.name,
                 "export_seconds": round(export_seconds, 3),
             },
             "parity": {
@@ -150,7 +157,7 @@ def _check_input_size(input_size, multiple: int, spec) -> tuple[int, int]:
     return height, width
 
 
-def _export_onnx(model, path: Path, height: int, width: int, opset: int) -> list[str]:
+def _export_onnx(model, path: Path, height: int, width: int, opset: int, exporter: str) -> list[str]:
     import torch
 
     example = torch.zeros(1, 3, height, width)
@@ -164,7 +171,7 @@ def _export_onnx(model, path: Path, height: int, width: int, opset: int) -> list
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            if opset >= MIN_DYNAMO_OPSET:
+            if exporter == "dynamo":
                 dyn = torch.export.Dim.DYNAMIC
                 torch.onnx.export(
                     model, (example,), str(path), dynamo=True, opset_version=opset, external_data=False,

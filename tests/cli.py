@@ -30,3 +30,10 @@ def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments:
     assert "Traceback" not in output, output
     for fragment in fragments:
         assert fragment in proc.stderr, proc.stderr
+
+
+def export_colour_net(out: Path, size: int = 64) -> Path:
+    """Export the constructed ColourNet (3 classes) to ``out`` through the CLI; returns ``out``."""
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", size, size, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -6,7 +6,7 @@ import json
 
 import jsonschema
 import pytest
-from cli import assert_clean_error, run_cli
+from cli import assert_clean_error, export_colour_net, run_cli
 from PIL import Image
 
 from segdeploy import jetson
@@ -16,10 +16,7 @@ from segdeploy.bench_report import compare_rows
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "colour"
-    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32", "-o", out)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return export_colour_net(tmp_path_factory.mktemp("bench") / "colour", size=32)
 
 
 @pytest.fixture(scope="module")

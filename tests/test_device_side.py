@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from cli import assert_clean_error, run_cli
+from cli import assert_clean_error, export_colour_net, run_cli
 from PIL import Image
 
 from segdeploy.backend import make_runner
@@ -16,10 +16,7 @@ from segdeploy.parity import sample_images
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("device") / "colour"
-    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "64", "64", "-o", out)
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return export_colour_net(tmp_path_factory.mktemp("device") / "colour", size=64)
 
 
 def test_runners_share_one_interface_and_agree(artifact):

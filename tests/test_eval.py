@@ -204,8 +204,8 @@ def test_crf_scores_the_refined_predictions(fixture_artifact, voc_scenes, tmp_pa
 
     root, masks = voc_scenes
     out = tmp_path / "crf"
-    proc = run_eval(fixture_artifact, "--data", root, "--crf", "--crf-param", "iterations=5", "--save-predictions",
-                    "--json", "-o", out)
+    proc = run_eval(fixture_artifact, "--data", root, "--crf", "--crf-param", "iterations=5", "--crf-threads", "1",
+                    "--save-predictions", "--json", "-o", out)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     crf = report["crf"]

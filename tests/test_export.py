@@ -111,3 +111,21 @@ def test_opset_17_uses_the_torchscript_exporter(tmp_path):
     model = onnx.load(str(tmp_path / "o17" / "model.onnx"))
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     assert manifest["parity"]["passed"]
+
+
+def test_target_chooses_opset_and_exporter(tmp_path):
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32",
+                   "--target", "jetpack6.0", "-o", tmp_path / "jp", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["onnx"]["target"] == "jetpack6.0" and manifest["onnx"]["opset"] == 17
+    assert "torchscript" in manifest["onnx"]["exporter"]
+
+
+def test_opset_beyond_the_targets_parser_is_refused(tmp_path):
+    from cli import assert_clean_error
+
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--target", "jetpack5", "--opset", "18", "-o", tmp_path / "x")
+    assert_clean_error(proc, 2, "target 'jetpack5' accepts ONNX opset <= 17")
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--target", "jetpak5", "-o", tmp_path / "x")
+    assert_clean_error(proc, 2, "unknown target 'jetpak5'", "Did you mean jetpack5")

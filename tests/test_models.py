@@ -193,10 +193,10 @@ def test_multi_grid_sets_layer4_rates():
 def test_count_macs_of_known_layers():
     conv = nn.Conv2d(3, 8, 3, padding=1)  # 8 outputs × 27 taps per pixel
     assert count_macs(conv, (4, 5), device="cpu") == 8 * 27 * 20
-    depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    assert count_macs(depthwise.to("meta"), (4, 4)) == 8 * 9 * 16
-    transposed = nn.ConvTranspose2d(4, 6, 2, stride=2)  # each input pixel feeds 2×2×6 outputs
-    assert count_macs(transposed, (3, 3), device="cpu") == 9 * 4 * 24
+    depthwise = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+    assert count_macs(depthwise.to("meta"), (4, 4)) == 3 * 9 * 16
+    transposed = nn.ConvTranspose2d(3, 6, 2, stride=2)  # each input value feeds 2×2×6 outputs
+    assert count_macs(transposed, (3, 3), device="cpu") == 3 * 9 * 24
 
 
 def test_models_command_lists_every_variant_as_json():

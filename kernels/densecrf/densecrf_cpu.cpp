@@ -1,5 +1,8 @@
 // CPU driver of the dense CRF: OpenMP threads over pixels and lattice vertices, SIMD over
 // classes. Each pixel's or vertex's class values form one row, padded to a multiple of 8 floats.
+//
+// This file is compiled once per instruction set (SD_CPU_VARIANT names the namespace, see
+// kernels/CMakeLists.txt); densecrf_cpu_dispatch.cpp picks the best one the CPU runs.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -14,9 +17,10 @@
 
 #include "../src/status_internal.h"
 #include "crf_problem.h"
+#include "densecrf_cpu.h"
 #include "lattice_build.h"
 
-namespace segdeploy::densecrf {
+namespace segdeploy::densecrf::SD_CPU_VARIANT {
 namespace {
 
 // The hot loops are explicit SIMD through the vector types of GCC and Clang: a Block is one
@@ -450,23 +454,11 @@ void run(const sd_crf_params& p, const sd_crf_io& io, int threads, Scratch& scra
   }
 }
 
-int thread_count(int requested) {
-  if (requested > 0) return requested;
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 }  // namespace
-}  // namespace segdeploy::densecrf
 
-extern "C" int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int num_threads) {
-  return segdeploy::guarded([&] {
-    segdeploy::densecrf::validate(params, io);
-    if (num_threads < 0) segdeploy::fail_invalid("num_threads must be >= 0 (0: all cores), got ", num_threads);
-    thread_local segdeploy::densecrf::Scratch scratch;
-    segdeploy::densecrf::run(*params, *io, segdeploy::densecrf::thread_count(num_threads), scratch);
-  });
+void run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads) {
+  thread_local Scratch scratch;
+  run(params, io, threads, scratch);
 }
+
+}  // namespace segdeploy::densecrf::SD_CPU_VARIANT

@@ -7,7 +7,7 @@ import click
 from .common import echo_json, json_option, parse_key_values
 
 
-def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...]):
+def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...], crf_threads: int):
     if not crf:
         if crf_params:
             raise click.UsageError("--crf-param needs --crf")
@@ -23,7 +23,7 @@ def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...]):
     if unknown:
         raise click.BadParameter(f"unknown CRF parameter(s) {', '.join(unknown)}; choose from {', '.join(fields)}",
                                  param_hint="--crf-param")  # fmt: skip
-    return CRFSettings(dataclasses.replace(CRFParams(), **overrides), crf_at)
+    return CRFSettings(dataclasses.replace(CRFParams(), **overrides), crf_at, crf_threads)
 
 
 @click.command("eval")
@@ -44,13 +44,15 @@ def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...]):
               help="Run the CRF at the image's resolution (scores resized bilinearly) or the network input's.")
 @click.option("--crf-param", "crf_params", multiple=True, metavar="KEY=VALUE",
               help="CRF parameter, repeatable (e.g. --crf-param iterations=5 --crf-param bilateral_weight=5).")
+@click.option("--crf-threads", type=click.IntRange(0), default=0, show_default=True,
+              help="CPU threads of the CRF (0: every core); 1 is faster on small images or a busy machine.")
 @click.option("--overlays", type=click.IntRange(0), default=4, show_default=True, help="Colour overlays of the first N samples.")
 @click.option("--save-predictions", is_flag=True, help="Also write every prediction as a palette PNG of class indices.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="eval", show_default=True,
               help="Folder for eval.json, confusion.png, overlays/ (and predictions/).")
 @json_option
 def eval_cmd(artifacts, data, layout, split, images_dir, masks_dir, backend, compare, input_size, threads, limit, crf,
-             crf_at, crf_params, overlays, save_predictions, out_dir, as_json):
+             crf_at, crf_params, crf_threads, overlays, save_predictions, out_dir, as_json):
     """Score ARTIFACT on a labelled data set: mIoU, per-class IoU, pixel accuracy, confusion matrix.
 
     The data set is a Pascal VOC folder (JPEGImages + SegmentationClass palette PNGs, split lists
@@ -76,7 +78,7 @@ def eval_cmd(artifacts, data, layout, split, images_dir, masks_dir, backend, com
     backends = [b.strip() for b in backend.split(",") if b.strip()]
     if not backends:
         raise click.BadParameter("give a backend name", param_hint="--backend")
-    crf_settings = _crf_settings(crf, crf_at, crf_params)
+    crf_settings = _crf_settings(crf, crf_at, crf_params, crf_threads)
     dataset = open_dataset(data, layout=layout, split=split, images=images_dir, masks=masks_dir).head(limit)
     out = Path(out_dir)
     writer = SampleWriter(out, artifact_labels(artifacts), overlays=overlays, save_predictions=save_predictions)

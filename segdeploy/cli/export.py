@@ -15,8 +15,10 @@ from .common import echo_json, json_option, parse_key_values, progress_status
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Text file with one class name per line.")
 @click.option("--input-size", nargs=2, type=int, default=(512, 512), show_default=True, metavar="H W",
               help="Export shape; must be a multiple of the model's output stride. Batch, H and W stay dynamic.")
-@click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True,
-              help="ONNX opset; below 18 the TorchScript exporter is used (the dynamo exporter cannot emit them).")
+@click.option("--target", default="trt11", show_default=True,
+              help="Where the ONNX will run: jetpack5, jetpack6.0, jetpack6.2, trt10, trt11 or cpu. Sets the opset and exporter.")
+@click.option("--opset", type=click.IntRange(13, 25),
+              help="ONNX opset instead of the target's; below 18 the TorchScript exporter is used (dynamo cannot emit them).")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="Extra constructor argument, repeatable (e.g. --model-arg output_stride=8).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder. Default: artifacts/NAME.")
@@ -24,7 +26,7 @@ from .common import echo_json, json_option, parse_key_values, progress_status
 @click.option("--min-agreement", type=float, default=0.9999, show_default=True, help="Parity gate: smallest allowed argmax agreement (0..1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation (without --checkpoint).")
 @json_option
-def export(model_name, checkpoint, num_classes, classes_file, input_size, opset, model_args, output, max_abs_diff,
+def export(model_name, checkpoint, num_classes, classes_file, input_size, target, opset, model_args, output, max_abs_diff,
            min_agreement, seed, as_json):
     """Export a model to ONNX (dynamic batch/H/W) and check it against PyTorch.
 
@@ -38,6 +40,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, opset,
       segdeploy export --model deeplabv3plus -o out/dlv3p
       segdeploy export --model deeplabv3plus --checkpoint best.pt --num-classes 19 --input-size 512 1024
       segdeploy export --model mypkg.nets:build_net --input-size 256 256
+      segdeploy export --model deeplabv3plus --target jetpack6.0   # opset 17 for TensorRT 8.6
     """
     from ..errors import BadInputError, VerificationError
     from ..export import export_model
@@ -54,7 +57,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, opset,
         try:
             result = export_model(
                 model_name, output, num_classes=num_classes, model_kwargs=parse_key_values(model_args, "--model-arg"),
-                checkpoint=checkpoint, input_size=tuple(input_size), opset=opset,
+                checkpoint=checkpoint, input_size=tuple(input_size), opset=opset, target=target,
                 thresholds=Thresholds(max_abs_diff, min_agreement), class_names=class_names, seed=seed, progress=progress,
             )
         except VerificationError:
@@ -71,7 +74,7 @@ def _report(output: Path, as_json: bool) -> None:
         echo_json(manifest)
         return
     onnx = manifest["onnx"]
-    click.echo(f"wrote {output / onnx['file']} ({onnx['bytes'] / 1e6:.1f} MB, opset {onnx['opset']}, "
+    click.echo(f"wrote {output / onnx['file']} ({onnx['bytes'] / 1e6:.1f} MB, opset {onnx['opset']}, target {onnx['target']}, "
                f"exported in {onnx['export_seconds']:.1f} s) and {output / 'manifest.json'}")
     click.echo("parity (torch vs onnxruntime):")
     for r in manifest["parity"]["shapes"]:

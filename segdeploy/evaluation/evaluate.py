@@ -58,11 +58,12 @@ class CRFSettings:
 
     params: object = None
     at: str = "image"
+    threads: int = 0  # CPU threads of the CRF; 0: every core
 
     def describe(self) -> dict:
         from ..crf import CRFParams
 
-        return {"at": self.at, "params": dataclasses.asdict(self.params or CRFParams())}
+        return {"at": self.at, "threads": self.threads, "params": dataclasses.asdict(self.params or CRFParams())}
 
 
 @dataclass
@@ -214,7 +215,8 @@ def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings) -> np
     else:
         h, w = logits.shape[1:]
         unary, image = np.ascontiguousarray(logits, dtype=np.float32), resize(rgb, h, w)
-    labels = dense_crf(unary, np.ascontiguousarray(image), settings.params, unary_kind="logits", output="labels")
+    labels = dense_crf(unary, np.ascontiguousarray(image), settings.params, unary_kind="logits", output="labels",
+                       num_threads=settings.threads)
     return labels_at(labels, (height, width))
 
 

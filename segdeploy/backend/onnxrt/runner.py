@@ -7,16 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BadInputError, MissingDependencyError
+from ...errors import BadInputError
+from ...optional import require
 from ..base import Runner
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime", extra="ort", why="needed to run ONNX files") from None
-    return onnxruntime
+    return require("onnxruntime", extra="ort", why="needed to run ONNX files")
 
 
 class SessionFromOnnx:

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import BadInputError, MissingDependencyError
+from ...errors import BadInputError
+from ...optional import require
 from ..base import Runner
 
 
 def import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("torch", extra="export", why="needed for the PyTorch backend") from None
-    return torch
+    return require("torch", extra="export", why="needed for the PyTorch backend")
 
 
 class ModelFromManifest:

@@ -1,0 +1,44 @@
+// sd_crf_cpu: validates, then runs the CPU driver built for the best instruction set available.
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../src/status_internal.h"
+#include "crf_problem.h"
+#include "densecrf_cpu.h"
+
+namespace segdeploy::densecrf {
+namespace {
+
+int thread_count(int requested) {
+  if (requested > 0) return requested;
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+bool cpu_has_x86_64_v3() {
+#if defined(SD_CPU_X86_64_V3)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+}  // namespace segdeploy::densecrf
+
+extern "C" int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int num_threads) {
+  using namespace segdeploy::densecrf;
+  return segdeploy::guarded([&] {
+    validate(params, io);
+    if (num_threads < 0) segdeploy::fail_invalid("num_threads must be >= 0 (0: all cores), got ", num_threads);
+    const int threads = thread_count(num_threads);
+#if defined(SD_CPU_X86_64_V3)
+    if (cpu_has_x86_64_v3()) return x86_64_v3::run_cpu(*params, *io, threads);
+#endif
+    baseline::run_cpu(*params, *io, threads);
+  });
+}
