@@ -122,6 +122,21 @@ def _io(geometry: _Geometry, unary_ptr: int, unary_dtype: int, unary_kind: str, 
     )
 
 
+def synthetic_logits(image: np.ndarray, classes: int, seed: int = 0, noise: float = 1.5) -> np.ndarray:
+    """Logits (classes, H, W) that a weak network might give for `image` (H, W, 3 uint8).
+
+    A coarse segmentation (each pixel's nearest of `classes` colours drawn from the image) as
+    logits 2 for its class and 0 otherwise, plus Gaussian noise of std `noise`: a noisy unary with
+    real structure, for tests, benchmarks and demonstrations.
+    """
+    rng = np.random.default_rng(seed)
+    pixels = image.reshape(-1, 3).astype(np.float32)
+    palette = pixels[rng.choice(len(pixels), classes, replace=False)]
+    nearest = ((pixels[:, None, :] - palette[None]) ** 2).sum(-1).argmin(1).reshape(image.shape[:2])
+    clean = 2.0 * (np.arange(classes)[:, None, None] == nearest)
+    return (clean + rng.normal(0.0, noise, clean.shape)).astype(np.float32)
+
+
 def _select(output: str, probabilities, labels):
     if output == "probabilities":
         return probabilities

@@ -76,7 +76,3 @@ def get_target(name: str | None) -> Target:
         close = difflib.get_close_matches(name, TARGETS, n=2)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise BadInputError(f"unknown target {name!r}.{hint} Known targets: {', '.join(TARGETS)}") from None
-
-
-def list_targets() -> list[Target]:
-    return list(TARGETS.values())

@@ -25,11 +25,13 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def trained_fixture(request):
+def trained_fixture(request, tmp_path_factory):
     pytest.importorskip("torch")
     from segdeploy.fixtures.train import train_fixture_model, validation_scenes
 
-    fixture = train_fixture_model(cache_dir=request.config.cache.mkdir("segdeploy-fixture"))
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    cache_dir = cache.mkdir("segdeploy-fixture") if cache else tmp_path_factory.mktemp("segdeploy-fixture")
+    fixture = train_fixture_model(cache_dir=cache_dir)
     fixture.scenes = validation_scenes(8, fixture.config.size)
     return fixture
 

@@ -18,12 +18,12 @@ from test_eval_datasets import iou_loop, write_voc
 _REGISTER = "from segdeploy.cli import COMMANDS, main; COMMANDS.setdefault('eval', '.eval:eval_cmd'); "
 
 
-def run_eval(*args, env=None) -> subprocess.CompletedProcess:
-    """``segdeploy eval ARGS`` in a subprocess, as tests/cli.run_cli runs the CLI."""
-    env = {**os.environ, **(env or {}),
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+def run_eval(*args, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``segdeploy eval ARGS`` in a subprocess, as tests/cli.run_cli runs the CLI; ``block``: modules made unimportable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     env.pop("COLUMNS", None)
-    command = [sys.executable, "-c", _REGISTER + "main()", "eval", *map(str, args)]
+    prelude = "import sys; " + "".join(f"sys.modules[{name!r}] = None; " for name in block)
+    command = [sys.executable, "-c", prelude + _REGISTER + "main()", "eval", *map(str, args)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -74,11 +74,15 @@ def colour_artifact(folder, permutation=None):
 @pytest.fixture(scope="module")
 def colour_case(tmp_path_factory):
     root = tmp_path_factory.mktemp("colour")
-    for sub in ("data/images", "data/masks"):
+    for sub in ("data/images", "data/masks", "data8/images", "data8/masks"):
         (root / sub).mkdir(parents=True)
     for name, pred, truth in (("one", PRED_1, TRUTH_1), ("two", PRED_2, TRUTH_2)):
         Image.fromarray(COLOURS[pred]).save(root / "data" / "images" / f"{name}.png")
         Image.fromarray(truth.astype(np.uint8)).save(root / "data" / "masks" / f"{name}.png")
+        # The same scene at twice the network's size: each 2x2 block is one class, so the
+        # bilinear resize keeps every block's colour dominant and the scores are unchanged.
+        Image.fromarray(COLOURS[np.kron(pred, np.ones((2, 2), int))]).save(root / "data8" / "images" / f"{name}.png")
+        Image.fromarray(np.kron(truth, np.ones((2, 2), int)).astype(np.uint8)).save(root / "data8" / "masks" / f"{name}.png")
     return root, colour_artifact(root / "identity"), colour_artifact(root / "swapped", [1, 0, 2])
 
 
@@ -106,6 +110,18 @@ def test_known_miou_and_compare_table_on_hand_made_case(colour_case):
     assert np.array_equal(np.asarray(Image.open(out / "predictions" / "identity" / "one.png")), PRED_1)
     assert np.array_equal(np.asarray(Image.open(out / "predictions" / "swapped" / "two.png")), np.ones((4, 4)))
 
+    larger = run_eval(identity, swapped, "--data", root / "data8", "--json", "-o", root / "out8")
+    assert larger.returncode == 0, larger.stderr
+    larger = json.loads(larger.stdout)
+    assert larger["confusion_matrix"] == [[48, 4, 0], [0, 12, 4], [0, 0, 20]]
+    assert larger["miou"] == pytest.approx(MIOU_IDENTITY, abs=1e-3)
+    assert larger["compare"][1]["agreement"] == pytest.approx(25.0, abs=1e-3)
+
+    no_plot = run_eval(identity, "--data", root / "data", "--json", "-o", root / "out3", block=("matplotlib",))
+    assert no_plot.returncode == 0, no_plot.stderr
+    assert any("matplotlib is not installed" in note for note in json.loads(no_plot.stdout)["notes"])
+    assert not (root / "out3" / "confusion.png").exists() and (root / "out3" / "eval.json").is_file()
+
     table = run_eval(identity, swapped, "--images", root / "data" / "images", "--masks", root / "data" / "masks",
                      "-o", root / "out2", "--overlays", "1")
     assert table.returncode == 0, table.stderr
@@ -129,6 +145,12 @@ def test_clean_errors(colour_case, tmp_path):
     Image.fromarray(np.full((4, 4), 7, np.uint8)).save(data / "masks" / "a.png")
     assert_clean_error(run_eval(identity, "--data", data), 2, "class id 7 in the mask", "predicts 3 classes")
     assert_clean_error(run_eval("--compare", identity, "--data", data), 2, "--compare needs at least two")
+    good = root / "data"
+    assert_clean_error(run_eval(identity, identity, "--backend", "ort,ort,ort", "--data", good), 2,
+                       "3 backends for 2 artifacts")
+    assert_clean_error(run_eval(identity, "--backend", "nope", "--data", good), 2, "unknown backend 'nope'")
+    assert_clean_error(run_eval(identity, "--data", good, "--crf", "--crf-param", "sigma=2"), 2,
+                       "unknown CRF parameter(s) sigma")
 
 
 # ------------------------------------------------------------------------------ the trained fixture
@@ -139,9 +161,10 @@ def voc_scenes(tmp_path_factory, trained_fixture):
     from segdeploy.fixtures.scenes import generate_scenes
 
     root = tmp_path_factory.mktemp("voc") / "VOC2012"
-    size = trained_fixture.config.size
+    # Not the network's 64x64: predictions are resized back to each image's size.
+    height, width = trained_fixture.config.size + 8, trained_fixture.config.size + 24
     ids = [f"2007_{i:06d}" for i in range(6)]
-    masks = write_voc(root, generate_scenes(6, size, size, seed=2024), {"val": ids[:5], "train": ids[5:]})
+    masks = write_voc(root, generate_scenes(6, height, width, seed=2024), {"val": ids[:5], "train": ids[5:]})
     return root, {i: masks[i] for i in ids[:5]}
 
 
@@ -197,10 +220,11 @@ def _kernels_or_skip():
 def test_crf_scores_the_refined_predictions(fixture_artifact, voc_scenes, tmp_path):
     _kernels_or_skip()
     import onnxruntime as ort
+    import torch
 
     from segdeploy.crf import dense_crf
     from segdeploy.fixtures.scenes import CLASSES
-    from segdeploy.preprocess import load_image, normalize
+    from segdeploy.preprocess import load_image, normalize, resize
 
     root, masks = voc_scenes
     out = tmp_path / "crf"
@@ -214,12 +238,16 @@ def test_crf_scores_the_refined_predictions(fixture_artifact, voc_scenes, tmp_pa
     assert crf["miou"] == pytest.approx(miou, abs=1e-3) and crf["pixel_accuracy"] == pytest.approx(accuracy, abs=1e-3)
     assert crf["miou_gain"] == pytest.approx(crf["miou"] - report["miou"], abs=1e-3)
     assert report["miou"] == pytest.approx(recompute(out / "predictions", masks, len(CLASSES))[0], abs=1e-3)
-    # Independently: ONNX Runtime's logits through dense_crf give the written CRF labels.
+    # Independently: ONNX Runtime's logits, upsampled by torch to the image's size, through dense_crf
+    # give the written CRF labels (up to float rounding of near-ties).
     manifest = json.loads((fixture_artifact / "manifest.json").read_text())
     session = ort.InferenceSession(str(fixture_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     sample_id = next(iter(masks))
     rgb = load_image(root / "JPEGImages" / f"{sample_id}.jpg")
-    (logits,) = session.run(["logits"], {"images": normalize(rgb, manifest["input"])})
-    labels = dense_crf(logits[0], rgb, iterations=5, output="labels")
-    assert np.array_equal(labels, np.asarray(Image.open(out / "predictions_crf" / f"{sample_id}.png")))
+    (logits,) = session.run(["logits"], {"images": normalize(resize(rgb, *manifest["input"]["size"]), manifest["input"])})
+    unary = torch.nn.functional.interpolate(torch.from_numpy(logits), size=rgb.shape[:2], mode="bilinear")[0].numpy()
+    labels = dense_crf(unary, rgb, iterations=5, output="labels")
+    written = np.asarray(Image.open(out / "predictions_crf" / f"{sample_id}.png"))
+    assert labels.shape == written.shape == masks[sample_id].shape
+    assert np.mean(labels == written) > 0.999
     assert (out / "confusion_crf.png").is_file()

@@ -96,6 +96,21 @@ def test_fp16_keeps_layers_with_activations_beyond_its_range_in_fp32(tmp_path, i
     assert np.isfinite(result["gate"]["final"]["max_abs_diff"])
 
 
+def test_fp16_sensitivity_analysis_keeps_layers_in_fp32_until_the_budget_holds(fixture_artifact, image_folders, tmp_path):
+    out = tmp_path / "fp16_exact"
+    result, _ = run_json("fp16", fixture_artifact, "--val", image_folders["val"], "--min-agreement", "1.0", "-o", out)
+    gate = result["gate"]
+    assert gate["before_sensitivity"]["agreement"] < 1.0 == gate["final"]["agreement"]
+    kept = set(gate["kept_in_higher_precision"])
+    assert kept and len(gate["sensitivity_ranking"]) == 7
+    model = onnx.load(str(out / "model.onnx"))
+    weight_types = {i.name: i.data_type for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            expected = TensorProto.FLOAT if node.name in kept else TensorProto.FLOAT16
+            assert weight_types[node.input[1]] == expected, node.name
+
+
 # --- INT8, TensorRT rules -----------------------------------------------------------------------
 
 
@@ -280,3 +295,10 @@ def test_unknown_layer_names_are_bad_input(fixture_artifact, image_folders):
     assert_clean_error(proc, 2, "no_such_conv")
     proc = run_cli("fp16", fixture_artifact, "--keep-fp32", "no_such_conv")
     assert_clean_error(proc, 2, "no_such_conv")
+
+
+@pytest.mark.parametrize("command", ["quantize", "fp16"])
+def test_help_shows_an_example(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "Examples:" in proc.stdout and f"segdeploy {command} " in proc.stdout and "--json" in proc.stdout

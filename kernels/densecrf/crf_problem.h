@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../src/status_internal.h"
 #include "lattice_point.h"
 #include "segdeploy/densecrf.h"
 
@@ -18,8 +19,8 @@ constexpr int kMaxCudaClasses = 256;
 // Log-probability of padding classes: exp() of it is exactly 0, so they never carry mass.
 constexpr float kPaddingLogProb = -1e30f;
 
-// Throws Failure(SD_ERROR_INVALID_ARGUMENT) naming the first unusable field.
-void validate(const sd_crf_params* params, const sd_crf_io* io);
+// SD_ERROR_INVALID_ARGUMENT naming the first unusable field, or success.
+Error validate(const sd_crf_params* params, const sd_crf_io* io);
 
 inline int64_t pixel_count(const sd_crf_io& io) { return int64_t(io.height) * io.width; }
 

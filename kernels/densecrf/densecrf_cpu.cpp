@@ -1,9 +1,10 @@
-// CPU driver of the dense CRF: OpenMP threads over pixels and lattice vertices, SIMD over
-// classes. Each pixel's or vertex's class values form one row, padded to a multiple of 8 floats.
+// CPU driver of the dense CRF: threads over pixels and lattice vertices, SIMD over classes.
+// Each pixel's or vertex's class values form one row, padded to a multiple of 8 floats.
 //
 // This file is compiled once per instruction set (SD_CPU_VARIANT names the namespace, see
 // kernels/CMakeLists.txt); densecrf_cpu_dispatch.cpp picks the best one the CPU runs.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -11,11 +12,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "../src/status_internal.h"
+#include "../src/thread_pool.h"
 #include "crf_problem.h"
 #include "densecrf_cpu.h"
 #include "lattice_build.h"
@@ -39,12 +38,13 @@ constexpr std::align_val_t kRowAlignment{32};
 
 // Large arrays are aligned for Blocks and, from 2 MiB on, backed by huge pages where the OS
 // offers them: the lattice is read at random, and 4 KiB pages thrash the TLB.
+// Returns NULL when out of memory.
 void* allocate_large(size_t bytes) {
-  if (bytes < kHugePage) return ::operator new[](bytes, kRowAlignment);
+  if (bytes < kHugePage) return ::operator new[](bytes, kRowAlignment, std::nothrow);
   bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  void* memory = ::operator new[](bytes, std::align_val_t(kHugePage));
+  void* memory = ::operator new[](bytes, std::align_val_t(kHugePage), std::nothrow);
 #if defined(__linux__)
-  madvise(memory, bytes, MADV_HUGEPAGE);  // advice: a refusal changes nothing
+  if (memory != nullptr) madvise(memory, bytes, MADV_HUGEPAGE);  // advice: a refusal changes nothing
 #endif
   return memory;
 }
@@ -54,6 +54,7 @@ void release_large(void* memory, size_t bytes) {
 }
 
 // An uninitialised heap array that only grows: the scratch memory of one thread's calls.
+// reserve() returns NULL when out of memory (SD_RESERVE turns that into an error).
 template <typename T>
 class Buffer {
  public:
@@ -66,7 +67,7 @@ class Buffer {
     if (count > size_) {
       release();
       data_ = static_cast<T*>(allocate_large(count * sizeof(T)));
-      size_ = count;
+      size_ = data_ != nullptr ? count : 0;
     }
     return data_;
   }
@@ -82,13 +83,10 @@ class Buffer {
   size_t size_ = 0;
 };
 
-// Dynamic chunks: on a busy machine a descheduled thread then delays a loop by one chunk, not by
-// its whole share.
-template <typename Body>
-void parallel_for(int64_t count, int threads, const Body& body) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1024) if (count > 4096)
-  for (int64_t i = 0; i < count; ++i) body(i);
-}
+#define SD_RESERVE(pointer, buffer, count)                                   \
+  do {                                                                      \
+    if (((pointer) = (buffer).reserve(count)) == nullptr) return out_of_host_memory(); \
+  } while (0)
 
 int64_t exclusive_scan(int32_t* values, int64_t count) {
   int64_t total = 0;
@@ -138,7 +136,7 @@ inline Block exp_nonpositive(Block x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const IntBlock exponent = (__builtin_convertvector(n, IntBlock) + 127) << 23;
-  const Block result = p * reinterpret_cast<const Block&>(exponent);
+  const Block result = p * __builtin_bit_cast(Block, exponent);
   return x < low ? Block{} : result;
 }
 
@@ -164,20 +162,20 @@ class CpuLattice {
 
   // feature_of(pixel, float* feature) writes the pixel's D features.
   template <typename FeatureOf>
-  void build(int32_t pixels, const FeatureOf& feature_of, int threads) {
+  Error build(int32_t pixels, const FeatureOf& feature_of, ThreadPool& pool) {
     LatticeArrays<D>& L = L_;
     L.pixels = pixels;
     L.entries = pixels * kVertices;
     const size_t entries = size_t(L.entries);
-    L.keys = keys_.reserve(entries * D);
-    L.barycentric = barycentric_.reserve(entries);
-    L.entry_slot = entry_slot_.reserve(entries);
-    L.owner_rank = owner_rank_.reserve(entries);
-    L.entry_vertex = entry_vertex_.reserve(entries);
+    SD_RESERVE(L.keys, keys_, entries * D);
+    SD_RESERVE(L.barycentric, barycentric_, entries);
+    SD_RESERVE(L.entry_slot, entry_slot_, entries);
+    SD_RESERVE(L.owner_rank, owner_rank_, entries);
+    SD_RESERVE(L.entry_vertex, entry_vertex_, entries);
     L.table_fill = &table_fill_;
 
     const LatticeScale<D> scale;
-    parallel_for(pixels, threads, [&](int64_t pixel) {
+    pool.parallel_for(pixels, [&](int64_t pixel) {
       float feature[D];
       feature_of(pixel, feature);
       embed_pixel<D>(L, int32_t(pixel), feature, scale);
@@ -185,59 +183,67 @@ class CpuLattice {
     // A small table stays in cache. Lattices of images rarely have more vertices than pixels
     // (the densecrf reference makes the same guess); the table grows when they do.
     for (uint32_t table_size = table_size_for(pixels);; table_size *= 2) {
-      L.table = table_.reserve(table_size);
-      L.table_hash = table_hash_.reserve(table_size);
+      SD_RESERVE(L.table, table_, table_size);
       L.table_mask = table_size - 1;
       L.max_fill = int32_t(std::min<int64_t>(table_size / 2, int64_t(L.entries) + 1));
-      std::fill(L.table, L.table + table_size, kEmptySlot);
+      std::fill(L.table, L.table + table_size, TableSlot{kEmptySlot, 0});
       table_fill_ = 0;
-      parallel_for(L.entries, threads, [&](int64_t entry) { insert_entry<D>(L, int32_t(entry)); });
+      constexpr int kAhead = 8;  // entries: hide the latency of the next slots
+      pool.parallel_for(L.entries, [&](int64_t entry) {
+        if (entry + kAhead < L.entries) prefetch(L.table + (hash_key<D>(L.key(int32_t(entry + kAhead))) & L.table_mask));
+        insert_entry<D>(L, int32_t(entry));
+      });
       if (table_fill_ < L.max_fill) break;
     }
-    parallel_for(L.entries, threads, [&](int64_t entry) { L.owner_rank[entry] = owns_key<D>(L, int32_t(entry)); });
+    pool.parallel_for(L.entries, [&](int64_t entry) { L.owner_rank[entry] = owns_key<D>(L, int32_t(entry)); });
     const int32_t vertices = int32_t(exclusive_scan(L.owner_rank, L.entries));
     vertex_count_ = vertices;
     L.vertex_count = &vertex_count_;
-    L.vertex_keys = vertex_keys_.reserve(size_t(vertices) * D);
-    L.vertex_size = vertex_size_.reserve(size_t(vertices));
+    SD_RESERVE(L.vertex_keys, vertex_keys_, size_t(vertices) * D);
+    SD_RESERVE(L.vertex_size, vertex_size_, size_t(vertices));
     std::fill(L.vertex_size, L.vertex_size + vertices, 0);
-    parallel_for(L.entries, threads, [&](int64_t entry) { assign_vertex<D>(L, int32_t(entry)); });
-    parallel_for(int64_t(L.table_mask) + 1, threads, [&](int64_t slot) { relabel_slot<D>(L, uint32_t(slot)); });
+    pool.parallel_for(L.entries, [&](int64_t entry) { assign_vertex<D>(L, int32_t(entry)); });
+    pool.parallel_for(int64_t(L.table_mask) + 1, [&](int64_t slot) { relabel_slot<D>(L, uint32_t(slot)); });
 
-    L.segment_start = segment_start_.reserve(size_t(vertices) + 1);
+    SD_RESERVE(L.segment_start, segment_start_, size_t(vertices) + 1);
     std::copy(L.vertex_size, L.vertex_size + vertices, L.segment_start);
     L.segment_start[vertices] = int32_t(exclusive_scan(L.segment_start, vertices));
-    std::fill(L.vertex_size, L.vertex_size + vertices, 0);
-    L.segment_entry = segment_entry_.reserve(entries);
-    parallel_for(L.entries, threads, [&](int64_t entry) { place_in_segment<D>(L, int32_t(entry)); });
-    parallel_for(vertices, threads, [&](int64_t v) { sort_segment<D>(L, int32_t(v)); });
+    SD_RESERVE(L.segment_entry, segment_entry_, entries);
+    // Entries grouped by vertex in one pass in entry order, so every group comes out sorted.
+    int32_t* cursor = L.vertex_size;
+    std::copy(L.segment_start, L.segment_start + vertices, cursor);
+    for (int32_t entry = 0; entry < L.entries; ++entry) L.segment_entry[cursor[L.entry_vertex[entry]]++] = entry;
 
     L.neighbor_stride = vertices;
-    L.neighbors = neighbors_.reserve(size_t(vertices) * 2 * kVertices);
-    parallel_for(int64_t(vertices) * kVertices, threads, [&](int64_t i) {
-      find_neighbors<D>(L, int32_t(i / kVertices), int(i % kVertices), vertices);
-    });
+    SD_RESERVE(L.neighbors, neighbors_, size_t(vertices) * 2 * kVertices);
+    pool.parallel_for(vertices, [&](int64_t v) { find_neighbors<D>(L, int32_t(v), vertices); }, 256);
+    return {};
   }
 
   // Row sums of the lattice kernel, then the splat weights (barycentric × pre) in segment order
   // and the slice weights (barycentric × scale × post × Potts weight) in entry order.
-  void compute_weights(float potts_weight, int32_t normalization, int threads) {
+  Error compute_weights(float potts_weight, int32_t normalization, ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
-    float* splat_weight = splat_weight_.reserve(size_t(L.entries));
-    int32_t* splat_pixel = splat_pixel_.reserve(size_t(L.entries));
-    parallel_for(L.entries, threads, [&](int64_t k) {
+    float* splat_weight;
+    int32_t* splat_pixel;
+    float* ones;
+    float* slice_weight;
+    SD_RESERVE(splat_weight, splat_weight_, size_t(L.entries));
+    SD_RESERVE(splat_pixel, splat_pixel_, size_t(L.entries));
+    SD_RESERVE(ones, pixel_scratch_, size_t(L.pixels) * 2);
+    SD_RESERVE(slice_weight, slice_weight_, size_t(L.entries));
+    pool.parallel_for(L.entries, [&](int64_t k) {
       const int32_t entry = L.segment_entry[k];
       splat_weight[k] = L.barycentric[entry];
       splat_pixel[k] = entry / kVertices;
     });
-    float* ones = pixel_scratch_.reserve(size_t(L.pixels) * 2);
     std::fill(ones, ones + L.pixels, 1.0f);
-    splat(ones, 1, threads);
-    const float* row_sum = blur(1, threads);
+    SD_RETURN_IF_ERROR(splat(ones, 1, pool));
+    const float* row_sum = blur(1, pool);
     float* pre = ones;  // the ones are splatted already
     float* post = ones + L.pixels;
     const float scale = slice_scale<D>();
-    parallel_for(L.pixels, threads, [&](int64_t pixel) {
+    pool.parallel_for(L.pixels, [&](int64_t pixel) {
       float sum = 0.0f;
       for (int r = 0; r < kVertices; ++r) {
         const int64_t entry = pixel * kVertices + r;
@@ -245,35 +251,37 @@ class CpuLattice {
       }
       normalization_factors(sum, normalization, pre + pixel, post + pixel);
     });
-    parallel_for(L.entries, threads, [&](int64_t k) { splat_weight[k] *= pre[splat_pixel[k]]; });
-    float* slice_weight = slice_weight_.reserve(size_t(L.entries));
-    parallel_for(L.entries, threads, [&](int64_t entry) {
+    pool.parallel_for(L.entries, [&](int64_t k) { splat_weight[k] *= pre[splat_pixel[k]]; });
+    pool.parallel_for(L.entries, [&](int64_t entry) {
       slice_weight[entry] = L.barycentric[entry] * scale * post[entry / kVertices] * potts_weight;
     });
+    return {};
   }
 
   // values[v] = Σ over the vertex's entries of splat weight × q[pixel], for rows of `width`
   // floats: 1 for the row sums, else whole Blocks.
-  void splat(const float* q, int width, int threads) {
+  Error splat(const float* q, int width, ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
     const size_t rows = size_t(vertex_count_) + 1;  // + the zero row that stands for "no neighbour"
-    float* values = values_.reserve(rows * width);
-    float* scratch = scratch_.reserve(rows * width);
+    float* values;
+    float* scratch;
+    SD_RESERVE(values, values_, rows * width);
+    SD_RESERVE(scratch, scratch_, rows * width);
     std::fill(values + vertex_count_ * size_t(width), values + rows * width, 0.0f);
     std::fill(scratch + vertex_count_ * size_t(width), scratch + rows * width, 0.0f);
     const float* splat_weight = splat_weight_.get();
     const int32_t* splat_pixel = splat_pixel_.get();
     if (width == 1) {
-      parallel_for(vertex_count_, threads, [&](int64_t v) {
+      pool.parallel_for(vertex_count_, [&](int64_t v) {
         float sum = 0.0f;
         for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) sum += splat_weight[k] * q[splat_pixel[k]];
         values[v] = sum;
       });
-      return;
+      return {};
     }
     const int blocks = width / kBlockLanes;
     const int32_t last_entry = L.entries - 1;
-    parallel_for(vertex_count_, threads, [&](int64_t v) {
+    pool.parallel_for(vertex_count_, [&](int64_t v) {
       Block* __restrict out = reinterpret_cast<Block*>(values + v * width);
       for (int b = 0; b < blocks; ++b) out[b] = Block{};
       for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
@@ -283,10 +291,11 @@ class CpuLattice {
         for (int b = 0; b < blocks; ++b) out[b] += w * in[b];
       }
     });
+    return {};
   }
 
   // The D+1 blur passes over the splatted values; returns the buffer holding the result.
-  const float* blur(int width, int threads) {
+  const float* blur(int width, ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
     float* source = values_.get();
     float* target = scratch_.get();
@@ -294,12 +303,12 @@ class CpuLattice {
     for (int axis = 0; axis < kVertices; ++axis) {
       const int32_t* neighbors = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
       if (width == 1) {
-        parallel_for(vertex_count_, threads, [&](int64_t v) {
+        pool.parallel_for(vertex_count_, [&](int64_t v) {
           target[v] = source[v] + 0.5f * (source[neighbors[2 * v]] + source[neighbors[2 * v + 1]]);
         });
       } else {
         const int blocks = width / kBlockLanes;
-        parallel_for(vertex_count_, threads, [&](int64_t v) {
+        pool.parallel_for(vertex_count_, [&](int64_t v) {
           const int64_t ahead = std::min(v + kPrefetchAhead / 2, last);
           prefetch_row(source + int64_t(neighbors[2 * ahead]) * width, width);
           prefetch_row(source + int64_t(neighbors[2 * ahead + 1]) * width, width);
@@ -334,55 +343,71 @@ class CpuLattice {
   LatticeArrays<D> L_;
   int32_t vertex_count_ = 0;
   int32_t table_fill_ = 0;
-  Buffer<int32_t> keys_, table_, entry_slot_, owner_rank_, entry_vertex_, vertex_keys_, vertex_size_,
+  Buffer<TableSlot> table_;
+  Buffer<int32_t> keys_, entry_slot_, owner_rank_, entry_vertex_, vertex_keys_, vertex_size_,
       segment_start_, segment_entry_, neighbors_, splat_pixel_;
-  Buffer<uint32_t> table_hash_;
   Buffer<float> barycentric_, splat_weight_, slice_weight_, pixel_scratch_, values_, scratch_;
 };
 
 // Memory of a thread's calls, kept for its next call (sizes rarely change between calls, and
-// fresh pages cost as much as a few iterations); freed when the thread ends.
+// fresh pages cost as much as a few iterations); freed when the thread ends. The spatial lattice
+// depends only on the image size and the spatial parameters: it is reused while they stay.
+struct SpatialKey {
+  int32_t height = 0, width = 0, normalization = 0;
+  float theta = 0.0f, weight = 0.0f;
+  bool operator==(const SpatialKey& o) const {
+    return height == o.height && width == o.width && normalization == o.normalization && theta == o.theta &&
+           weight == o.weight;
+  }
+};
+
 struct Scratch {
   Buffer<float> log_prob, q;
   CpuLattice<kSpatialDims> spatial;
+  SpatialKey spatial_key;  // what `spatial` was built for; height 0: nothing
   CpuLattice<kBilateralDims> bilateral;
 };
 
 // Reads one image's unary into log-probability rows; throws on a non-finite (or negative
 // probability) value, naming its position.
-void load_log_prob(const sd_crf_io& io, int32_t image, float* log_prob, int width, int threads) {
+Error load_log_prob(const sd_crf_io& io, int32_t image, float* log_prob, int width, ThreadPool& pool) {
   const int64_t pixels = pixel_count(io);
   const int64_t base = int64_t(image) * io.classes * pixels;
   constexpr int64_t kTile = 256;  // pixels per tile: the transposition stays in cache
-  int64_t first_bad = INT64_MAX;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 16) reduction(min : first_bad)
-  for (int64_t tile = 0; tile < (pixels + kTile - 1) / kTile; ++tile) {
-    const int64_t begin = tile * kTile, end = std::min(pixels, begin + kTile);
-    for (int32_t c = 0; c < io.classes; ++c) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t index = base + c * pixels + i;
-        const float value = load_unary(io.unary, io.unary_dtype, index);
-        if (!unary_value_ok(value, io.unary_kind)) first_bad = std::min(first_bad, index);
-        log_prob[i * width + c] = log_prob_from_unary(value, io.unary_kind);
-      }
-    }
-    for (int64_t i = begin; i < end; ++i)
-      std::fill(log_prob + i * width + io.classes, log_prob + (i + 1) * width, kPaddingLogProb);
-  }
-  if (first_bad != INT64_MAX) {
-    const int64_t in_image = first_bad - base;
-    const int64_t c = in_image / pixels, y = (in_image % pixels) / io.width, x = in_image % io.width;
-    const float value = load_unary(io.unary, io.unary_dtype, first_bad);
-    fail_invalid("unary[", image, ", ", c, ", ", y, ", ", x, "] is ", value, "; the unary must be finite",
+  std::atomic<int64_t> first_bad{INT64_MAX};
+  pool.parallel_for(
+      (pixels + kTile - 1) / kTile,
+      [&](int64_t tile) {
+        const int64_t begin = tile * kTile, end = std::min(pixels, begin + kTile);
+        for (int32_t c = 0; c < io.classes; ++c) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t index = base + c * pixels + i;
+            const float value = load_unary(io.unary, io.unary_dtype, index);
+            if (!unary_value_ok(value, io.unary_kind)) {
+              int64_t seen = first_bad.load();
+              while (index < seen && !first_bad.compare_exchange_weak(seen, index)) {
+              }
+            }
+            log_prob[i * width + c] = log_prob_from_unary(value, io.unary_kind);
+          }
+        }
+        for (int64_t i = begin; i < end; ++i)
+          std::fill(log_prob + i * width + io.classes, log_prob + (i + 1) * width, kPaddingLogProb);
+      },
+      4);
+  if (first_bad == INT64_MAX) return {};
+  const int64_t in_image = first_bad - base;
+  const int64_t c = in_image / pixels, y = (in_image % pixels) / io.width, x = in_image % io.width;
+  const float value = load_unary(io.unary, io.unary_dtype, first_bad);
+  return invalid("unary[", image, ", ", c, ", ", y, ", ", x, "] is ", value, "; the unary must be finite",
                  io.unary_kind == SD_CRF_UNARY_PROBABILITIES ? " and >= 0 for probabilities" : "");
-  }
 }
 
-void write_outputs(const sd_crf_io& io, int32_t image, const float* q, int width, int threads) {
+void write_outputs(const sd_crf_io& io, int32_t image, const float* q, int width, ThreadPool& pool) {
   const int64_t pixels = pixel_count(io);
   if (io.labels != nullptr) {
     int32_t* labels = io.labels + int64_t(image) * pixels;
-    parallel_for(pixels, threads, [&](int64_t i) {
+    pool.parallel_for(pixels, [&](int64_t i) {
       const float* row = q + i * width;
       labels[i] = int32_t(std::max_element(row, row + io.classes) - row);
     });
@@ -390,44 +415,52 @@ void write_outputs(const sd_crf_io& io, int32_t image, const float* q, int width
   if (io.probabilities != nullptr) {
     float* out = io.probabilities + int64_t(image) * io.classes * pixels;
     constexpr int64_t kTile = 256;
-    parallel_for((pixels + kTile - 1) / kTile, threads, [&](int64_t tile) {
-      const int64_t begin = tile * kTile, end = std::min(pixels, begin + kTile);
-      for (int32_t c = 0; c < io.classes; ++c)
-        for (int64_t i = begin; i < end; ++i) out[c * pixels + i] = q[i * width + c];
-    });
+    pool.parallel_for(
+        (pixels + kTile - 1) / kTile,
+        [&](int64_t tile) {
+          const int64_t begin = tile * kTile, end = std::min(pixels, begin + kTile);
+          for (int32_t c = 0; c < io.classes; ++c)
+            for (int64_t i = begin; i < end; ++i) out[c * pixels + i] = q[i * width + c];
+        },
+        4);
   }
 }
 
-void run(const sd_crf_params& p, const sd_crf_io& io, int threads, Scratch& scratch) {
+Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch& scratch) {
   const int64_t pixels = pixel_count(io);
   const int width = (io.classes + kRowMultiple - 1) / kRowMultiple * kRowMultiple;
   const int blocks = width / kBlockLanes;
-  float* log_prob = scratch.log_prob.reserve(size_t(pixels) * width);
-  float* q = scratch.q.reserve(size_t(pixels) * width);
+  float* log_prob;
+  float* q;
+  SD_RESERVE(log_prob, scratch.log_prob, size_t(pixels) * width);
+  SD_RESERVE(q, scratch.q, size_t(pixels) * width);
   Block* q_rows = reinterpret_cast<Block*>(q);
   const Block* log_prob_rows = reinterpret_cast<const Block*>(log_prob);
 
   // The spatial kernel depends on the image size only: one lattice serves the whole batch.
   CpuLattice<kSpatialDims>* spatial = spatial_active(p) ? &scratch.spatial : nullptr;
-  if (spatial) {
-    spatial->build(
+  const SpatialKey spatial_key{io.height, io.width, p.normalization, p.spatial_theta, p.spatial_weight};
+  if (spatial && !(scratch.spatial_key == spatial_key)) {
+    scratch.spatial_key = SpatialKey{};
+    SD_RETURN_IF_ERROR(spatial->build(
         int32_t(pixels), [&](int64_t i, float* f) { spatial_features(int(i % io.width), int(i / io.width), p, f); },
-        threads);
-    spatial->compute_weights(p.spatial_weight, p.normalization, threads);
+        pool));
+    SD_RETURN_IF_ERROR(spatial->compute_weights(p.spatial_weight, p.normalization, pool));
+    scratch.spatial_key = spatial_key;
   }
   CpuLattice<kBilateralDims>* bilateral = bilateral_active(p) ? &scratch.bilateral : nullptr;
 
   for (int32_t image = 0; image < io.batch; ++image) {
-    load_log_prob(io, image, log_prob, width, threads);
+    SD_RETURN_IF_ERROR(load_log_prob(io, image, log_prob, width, pool));
     if (bilateral) {
       const ImageView view{io.image + int64_t(image) * pixels * 3, io.image_layout, io.height, io.width};
-      bilateral->build(
+      SD_RETURN_IF_ERROR(bilateral->build(
           int32_t(pixels),
           [&](int64_t i, float* f) { bilateral_features(int(i % io.width), int(i / io.width), view, p, f); },
-          threads);
-      bilateral->compute_weights(p.bilateral_weight, p.normalization, threads);
+          pool));
+      SD_RETURN_IF_ERROR(bilateral->compute_weights(p.bilateral_weight, p.normalization, pool));
     }
-    parallel_for(pixels, threads, [&](int64_t i) {
+    pool.parallel_for(pixels, [&](int64_t i) {
       std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
       softmax_row(q_rows + i * blocks, blocks);
     });
@@ -435,14 +468,14 @@ void run(const sd_crf_params& p, const sd_crf_io& io, int threads, Scratch& scra
       const float* spatial_blurred = nullptr;
       const float* bilateral_blurred = nullptr;
       if (spatial) {
-        spatial->splat(q, width, threads);
-        spatial_blurred = spatial->blur(width, threads);
+        SD_RETURN_IF_ERROR(spatial->splat(q, width, pool));
+        spatial_blurred = spatial->blur(width, pool);
       }
       if (bilateral) {
-        bilateral->splat(q, width, threads);
-        bilateral_blurred = bilateral->blur(width, threads);
+        SD_RETURN_IF_ERROR(bilateral->splat(q, width, pool));
+        bilateral_blurred = bilateral->blur(width, pool);
       }
-      parallel_for(pixels, threads, [&](int64_t i) {
+      pool.parallel_for(pixels, [&](int64_t i) {
         Block* row = q_rows + i * blocks;
         std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, row);
         if (spatial) spatial->add_message(i, spatial_blurred, blocks, row);
@@ -450,15 +483,17 @@ void run(const sd_crf_params& p, const sd_crf_io& io, int threads, Scratch& scra
         softmax_row(row, blocks);
       });
     }
-    write_outputs(io, image, q, width, threads);
+    write_outputs(io, image, q, width, pool);
   }
+  return {};
 }
 
 }  // namespace
 
-void run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads) {
+Error run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads) {
   thread_local Scratch scratch;
-  run(params, io, threads, scratch);
+  ThreadPool pool(threads);
+  return run(params, io, pool, scratch);
 }
 
 }  // namespace segdeploy::densecrf::SD_CPU_VARIANT

@@ -2,15 +2,16 @@
 #ifndef SEGDEPLOY_DENSECRF_CPU_H
 #define SEGDEPLOY_DENSECRF_CPU_H
 
+#include "../src/status_internal.h"
 #include "segdeploy/densecrf.h"
 
 namespace segdeploy::densecrf {
 namespace baseline {
 // Runs validated params/io on `threads` threads.
-void run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads);
+Error run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads);
 }
 namespace x86_64_v3 {  // AVX2 + FMA
-void run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads);
+Error run_cpu(const sd_crf_params& params, const sd_crf_io& io, int threads);
 }
 }  // namespace segdeploy::densecrf
 

@@ -1,23 +1,13 @@
 // sd_crf_cpu: validates, then runs the CPU driver built for the best instruction set available.
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "../src/status_internal.h"
+#include "../src/thread_pool.h"
 #include "crf_problem.h"
 #include "densecrf_cpu.h"
 
 namespace segdeploy::densecrf {
 namespace {
 
-int thread_count(int requested) {
-  if (requested > 0) return requested;
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+int thread_count(int requested) { return requested > 0 ? requested : available_cores(); }
 
 bool cpu_has_x86_64_v3() {
 #if defined(SD_CPU_X86_64_V3)
@@ -32,13 +22,13 @@ bool cpu_has_x86_64_v3() {
 
 extern "C" int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int num_threads) {
   using namespace segdeploy::densecrf;
-  return segdeploy::guarded([&] {
-    validate(params, io);
-    if (num_threads < 0) segdeploy::fail_invalid("num_threads must be >= 0 (0: all cores), got ", num_threads);
+  return segdeploy::report([&]() -> segdeploy::Error {
+    SD_RETURN_IF_ERROR(validate(params, io));
+    if (num_threads < 0) return segdeploy::invalid("num_threads must be >= 0 (0: all cores), got ", num_threads);
     const int threads = thread_count(num_threads);
 #if defined(SD_CPU_X86_64_V3)
     if (cpu_has_x86_64_v3()) return x86_64_v3::run_cpu(*params, *io, threads);
 #endif
-    baseline::run_cpu(*params, *io, threads);
+    return baseline::run_cpu(*params, *io, threads);
   });
 }

@@ -1,11 +1,12 @@
 // Construction of a permutohedral lattice as a sequence of data-parallel steps, each a function
-// of one index that the CPU driver runs in an OpenMP loop and the CUDA driver in a kernel.
+// of one index that the CPU driver runs in a thread-pool loop and the CUDA driver in a kernel.
 //
 // Every (pixel, simplex vertex) pair is an "entry" with a key (D lattice coordinates) and a
 // barycentric weight. Entries with the same key form one lattice vertex. Vertices are numbered in
 // the order of their first entry (as in the densecrf reference, which gives memory locality), and
-// every sum over a vertex's entries runs in entry order, so the results do not depend on thread
-// timing even though the hash table is filled concurrently.
+// each vertex's entries are then grouped in entry order (the drivers do that step: a sequential
+// pass on the CPU, a stable sort by vertex on the GPU), so every sum over a vertex runs in entry
+// order and the results do not depend on thread timing although the table fills concurrently.
 #ifndef SEGDEPLOY_DENSECRF_LATTICE_BUILD_H
 #define SEGDEPLOY_DENSECRF_LATTICE_BUILD_H
 
@@ -16,6 +17,23 @@
 namespace segdeploy::densecrf {
 
 constexpr int32_t kEmptySlot = -1;
+
+// One hash-table slot: the smallest entry holding the slot's key (then, after step 5, its vertex)
+// and the key's hash, compared before the key itself. Both in one 8-byte slot: a probe touches
+// one cache line.
+struct TableSlot {
+  int32_t held;
+  uint32_t hash;
+};
+
+// A hint that `address` is about to be read (a no-op on the device).
+SD_HOST_DEVICE void prefetch(const void* address) {
+#if !defined(__CUDA_ARCH__)
+  __builtin_prefetch(address);
+#else
+  (void)address;
+#endif
+}
 
 // Relaxed atomics on plain int32 arrays, for the host (GCC/Clang builtins) and the device.
 SD_HOST_DEVICE int32_t atomic_load(const int32_t* p) {
@@ -68,15 +86,14 @@ struct LatticeArrays {
   uint32_t table_mask = 0;
   int32_t* keys = nullptr;           // [entries][D]
   float* barycentric = nullptr;      // [entries]
-  int32_t* table = nullptr;          // [table_mask + 1]: smallest entry with the slot's key, then its vertex
-  uint32_t* table_hash = nullptr;    // [table_mask + 1]: hash of the slot's key, checked before the key
+  TableSlot* table = nullptr;        // [table_mask + 1]
   int32_t* table_fill = nullptr;     // [1] slots claimed, or NULL for a table that cannot overflow
   int32_t max_fill = 0;              // with table_fill: claims allowed before the table must grow
   int32_t* entry_slot = nullptr;     // [entries]: slot of the entry's key
   int32_t* owner_rank = nullptr;     // [entries]: exclusive prefix sum of "entry owns its key"
   int32_t* entry_vertex = nullptr;   // [entries]
   int32_t* vertex_keys = nullptr;    // [entries][D]: key of each vertex
-  int32_t* vertex_size = nullptr;    // [entries]: entries per vertex, later the fill cursor
+  int32_t* vertex_size = nullptr;    // [entries]: entries per vertex
   int32_t* segment_start = nullptr;  // [entries + 1]: entries of vertex v in [start[v], start[v+1])
   int32_t* segment_entry = nullptr;  // [entries]: entry ids grouped by vertex, ascending
   int32_t* neighbors = nullptr;      // [D+1][neighbor_stride][2]: vertex -/+ along each axis, or M if absent
@@ -84,6 +101,7 @@ struct LatticeArrays {
   int32_t* vertex_count = nullptr;   // [1]: M, the number of vertices
 
   SD_HOST_DEVICE const int32_t* key(int32_t entry) const { return keys + int64_t(entry) * D; }
+  SD_HOST_DEVICE const int32_t* vertex_key(int32_t vertex) const { return vertex_keys + int64_t(vertex) * D; }
 };
 
 SD_HOST_DEVICE uint32_t mix_hash(uint32_t h) {
@@ -128,17 +146,18 @@ SD_HOST_DEVICE void insert_entry(const LatticeArrays<D>& L, int32_t entry) {
   const uint32_t hash = hash_key<D>(key);
   uint32_t slot = hash & L.table_mask;
   for (;;) {
-    int32_t held = atomic_load(L.table + slot);
+    int32_t* held_at = &L.table[slot].held;
+    int32_t held = atomic_load(held_at);
     if (held == kEmptySlot) {
-      held = atomic_compare_swap(L.table + slot, kEmptySlot, entry);
+      held = atomic_compare_swap(held_at, kEmptySlot, entry);
       if (held == kEmptySlot) {
-        L.table_hash[slot] = hash;  // read only after this step
+        L.table[slot].hash = hash;  // read only after this step
         if (L.table_fill != nullptr) atomic_fetch_add(L.table_fill, 1);
         break;
       }
     }
     if (same_key<D>(L.key(held), key)) {
-      atomic_min(L.table + slot, entry);
+      atomic_min(held_at, entry);
       break;
     }
     slot = (slot + 1) & L.table_mask;
@@ -149,14 +168,14 @@ SD_HOST_DEVICE void insert_entry(const LatticeArrays<D>& L, int32_t entry) {
 // Step 3 (per entry): 1 when the entry is the first with its key (the input of a prefix sum).
 template <int D>
 SD_HOST_DEVICE int32_t owns_key(const LatticeArrays<D>& L, int32_t entry) {
-  return L.table[L.entry_slot[entry]] == entry ? 1 : 0;
+  return L.table[L.entry_slot[entry]].held == entry ? 1 : 0;
 }
 
 // Step 4 (per entry, after the prefix sum into owner_rank): the entry's vertex, the vertex's key
 // and the count of entries per vertex (vertex_size must be zero before).
 template <int D>
 SD_HOST_DEVICE void assign_vertex(const LatticeArrays<D>& L, int32_t entry) {
-  const int32_t owner = L.table[L.entry_slot[entry]];
+  const int32_t owner = L.table[L.entry_slot[entry]].held;
   const int32_t vertex = L.owner_rank[owner];
   L.entry_vertex[entry] = vertex;
   if (owner == entry)
@@ -164,65 +183,53 @@ SD_HOST_DEVICE void assign_vertex(const LatticeArrays<D>& L, int32_t entry) {
   atomic_fetch_add(L.vertex_size + vertex, 1);
 }
 
-// Step 5 (per table slot, after step 4): the slot now names its vertex, for the lookups of step 8.
+// Step 5 (per table slot, after step 4): the slot now names its vertex, for the lookups of step 6.
 template <int D>
 SD_HOST_DEVICE void relabel_slot(const LatticeArrays<D>& L, uint32_t slot) {
-  const int32_t held = L.table[slot];
-  if (held != kEmptySlot) L.table[slot] = L.owner_rank[held];
-}
-
-// Step 6 (per entry, after segment_start is the prefix sum of vertex_size and vertex_size is
-// zeroed again): places the entry in its vertex's segment, in any order.
-template <int D>
-SD_HOST_DEVICE void place_in_segment(const LatticeArrays<D>& L, int32_t entry) {
-  const int32_t vertex = L.entry_vertex[entry];
-  L.segment_entry[L.segment_start[vertex] + atomic_fetch_add(L.vertex_size + vertex, 1)] = entry;
-}
-
-// Step 7 (per vertex): sorts the segment so that sums over it run in entry order. Segments are
-// short (a few to a few dozen entries), so insertion sort it is.
-template <int D>
-SD_HOST_DEVICE void sort_segment(const LatticeArrays<D>& L, int32_t vertex) {
-  int32_t* first = L.segment_entry + L.segment_start[vertex];
-  const int32_t n = L.segment_start[vertex + 1] - L.segment_start[vertex];
-  for (int32_t i = 1; i < n; ++i) {
-    const int32_t value = first[i];
-    int32_t j = i - 1;
-    for (; j >= 0 && first[j] > value; --j) first[j + 1] = first[j];
-    first[j + 1] = value;
-  }
+  const int32_t held = L.table[slot].held;
+  if (held != kEmptySlot) L.table[slot].held = L.owner_rank[held];
 }
 
 // Vertex holding `key` (after step 5), or M when the lattice has no such vertex.
 template <int D>
-SD_HOST_DEVICE int32_t find_vertex(const LatticeArrays<D>& L, const int32_t* key, int32_t vertex_count) {
-  const uint32_t hash = hash_key<D>(key);
-  uint32_t slot = hash & L.table_mask;
-  for (;;) {
-    const int32_t vertex = L.table[slot];
-    if (vertex == kEmptySlot) return vertex_count;
-    if (L.table_hash[slot] == hash && same_key<D>(L.vertex_keys + int64_t(vertex) * D, key)) return vertex;
-    slot = (slot + 1) & L.table_mask;
+SD_HOST_DEVICE int32_t find_vertex(const LatticeArrays<D>& L, const int32_t* key, uint32_t hash,
+                                   int32_t vertex_count) {
+  for (uint32_t slot = hash & L.table_mask;; slot = (slot + 1) & L.table_mask) {
+    const TableSlot probe = L.table[slot];
+    if (probe.held == kEmptySlot) return vertex_count;
+    if (probe.hash == hash && same_key<D>(L.vertex_key(probe.held), key)) return probe.held;
   }
 }
 
-// Step 8 (per vertex and axis 0..D): the two neighbours along the axis that the blur reads.
+// Step 6 (per vertex): its two neighbours along each of the D+1 axes, which the blur reads, or M
+// where absent. All 2(D+1) slots are requested before the first is probed, so that their memory
+// latencies overlap.
 template <int D>
-SD_HOST_DEVICE void find_neighbors(const LatticeArrays<D>& L, int32_t vertex, int axis, int32_t vertex_count) {
-  const int32_t* key = L.vertex_keys + int64_t(vertex) * D;
-  // The two lattice points one step away along the axis (the blur is symmetric in them).
-  int32_t lower[D], upper[D];
-  for (int k = 0; k < D; ++k) {
-    lower[k] = key[k] - 1;
-    upper[k] = key[k] + 1;
+SD_HOST_DEVICE void find_neighbors(const LatticeArrays<D>& L, int32_t vertex, int32_t vertex_count) {
+  constexpr int kLookups = 2 * (D + 1);
+  const int32_t* key = L.vertex_key(vertex);
+  int32_t around[kLookups][D];
+  uint32_t hash[kLookups];
+  for (int axis = 0; axis <= D; ++axis) {
+    // The two lattice points one step away along the axis (the blur is symmetric in them); the
+    // last axis is the implied coordinate, where only the others move.
+    int32_t* lower = around[2 * axis];
+    int32_t* upper = around[2 * axis + 1];
+    for (int k = 0; k < D; ++k) {
+      lower[k] = key[k] - 1;
+      upper[k] = key[k] + 1;
+    }
+    if (axis < D) {
+      lower[axis] = key[axis] + D;
+      upper[axis] = key[axis] - D;
+    }
   }
-  if (axis < D) {  // the last axis is the implied coordinate: only the others move
-    lower[axis] = key[axis] + D;
-    upper[axis] = key[axis] - D;
+  for (int i = 0; i < kLookups; ++i) {
+    hash[i] = hash_key<D>(around[i]);
+    prefetch(L.table + (hash[i] & L.table_mask));
   }
-  int32_t* out = L.neighbors + (int64_t(axis) * L.neighbor_stride + vertex) * 2;
-  out[0] = find_vertex<D>(L, lower, vertex_count);
-  out[1] = find_vertex<D>(L, upper, vertex_count);
+  for (int i = 0; i < kLookups; ++i)
+    L.neighbors[(int64_t(i / 2) * L.neighbor_stride + vertex) * 2 + i % 2] = find_vertex<D>(L, around[i], hash[i], vertex_count);
 }
 
 }  // namespace segdeploy::densecrf

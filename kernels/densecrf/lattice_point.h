@@ -19,12 +19,22 @@
 
 namespace segdeploy::densecrf {
 
-// Exact float operations: fused multiply-adds would move points across simplex borders.
+// Products rounded to float before any later addition: a fused multiply-add rounds once and
+// would move points across simplex borders. On the host an empty asm statement makes the
+// product a value the compiler must materialise, so the hot loops elsewhere may still use FMAs.
 SD_HOST_DEVICE float exact_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
-  return a * b;
+  float product = a * b;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+x"(product));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(product));
+#else
+  __asm__("" : "+m"(product));
+#endif
+  return product;
 #endif
 }
 SD_HOST_DEVICE float exact_sub(float a, float b) {
@@ -47,7 +57,7 @@ SD_HOST_DEVICE float round_half_even(float v) {
 template <int D>
 struct LatticeScale {
   float axis[D];
-  SD_HOST_DEVICE LatticeScale() {
+  LatticeScale() {  // on the host; kernels receive a copy
     const float inv_std_dev = static_cast<float>(std::sqrt(2.0 / 3.0) * (D + 1));
     for (int i = 0; i < D; ++i) axis[i] = static_cast<float>(1.0 / std::sqrt(double((i + 2) * (i + 1))) * inv_std_dev);
   }

@@ -1,4 +1,4 @@
-// Turns a CUDA runtime error into a library Failure carrying the runtime's own text.
+// A CUDA runtime error as a library Error carrying the runtime's own text.
 #ifndef SEGDEPLOY_CUDA_CHECK_H
 #define SEGDEPLOY_CUDA_CHECK_H
 
@@ -8,11 +8,11 @@
 
 namespace segdeploy {
 
-inline void cuda_check(cudaError_t error, const char* what) {
-  if (error == cudaSuccess) return;
-  cudaGetLastError();  // clear a sticky-free error so that the next call starts clean
-  fail(error == cudaErrorMemoryAllocation ? SD_ERROR_OUT_OF_MEMORY : SD_ERROR_CUDA, what, ": ",
-       cudaGetErrorName(error), " (", cudaGetErrorString(error), ")");
+inline Error cuda_error(cudaError_t result, const char* what) {
+  if (result == cudaSuccess) return {};
+  cudaGetLastError();  // clear a non-sticky error so that the next call starts clean
+  return error(result == cudaErrorMemoryAllocation ? SD_ERROR_OUT_OF_MEMORY : SD_ERROR_CUDA, what, ": ",
+               cudaGetErrorName(result), " (", cudaGetErrorString(result), ")");
 }
 
 }  // namespace segdeploy

@@ -1,6 +1,8 @@
 // CUDA runtime services for callers without a CUDA runtime of their own (see segdeploy/cuda.h).
 #include "segdeploy/cuda.h"
 
+#include <new>
+
 #include "status_internal.h"
 
 #ifdef SD_WITH_CUDA
@@ -10,8 +12,9 @@ struct sd_cuda_event {
   cudaEvent_t event;
 };
 
-using segdeploy::cuda_check;
-using segdeploy::guarded;
+using segdeploy::cuda_error;
+using segdeploy::Error;
+using segdeploy::report;
 
 extern "C" int sd_cuda_device_count(void) {
   int count = 0;
@@ -23,53 +26,56 @@ extern "C" int sd_cuda_device_count(void) {
 }
 
 extern "C" int sd_cuda_set_device(int device) {
-  return guarded([&] { cuda_check(cudaSetDevice(device), "cudaSetDevice"); });
+  return report([&] { return cuda_error(cudaSetDevice(device), "cudaSetDevice"); });
 }
 
 extern "C" int sd_cuda_malloc(size_t bytes, void** pointer) {
-  return guarded([&] {
-    if (pointer == nullptr) segdeploy::fail_invalid("pointer must not be NULL");
+  return report([&]() -> Error {
+    if (pointer == nullptr) return segdeploy::invalid("pointer must not be NULL");
     *pointer = nullptr;
-    cuda_check(cudaMalloc(pointer, bytes), "cudaMalloc");
+    return cuda_error(cudaMalloc(pointer, bytes), "cudaMalloc");
   });
 }
 
 extern "C" int sd_cuda_free(void* pointer) {
-  return guarded([&] { cuda_check(cudaFree(pointer), "cudaFree"); });
+  return report([&] { return cuda_error(cudaFree(pointer), "cudaFree"); });
 }
 
 extern "C" int sd_cuda_memcpy(void* destination, const void* source, size_t bytes) {
-  return guarded([&] { cuda_check(cudaMemcpy(destination, source, bytes, cudaMemcpyDefault), "cudaMemcpy"); });
+  return report([&] { return cuda_error(cudaMemcpy(destination, source, bytes, cudaMemcpyDefault), "cudaMemcpy"); });
 }
 
 extern "C" int sd_cuda_stream_synchronize(void* stream) {
-  return guarded([&] {
-    cuda_check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+  return report([&] {
+    return cuda_error(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
   });
 }
 
 extern "C" int sd_cuda_event_create(sd_cuda_event** event) {
-  return guarded([&] {
-    if (event == nullptr) segdeploy::fail_invalid("event must not be NULL");
+  return report([&]() -> Error {
+    if (event == nullptr) return segdeploy::invalid("event must not be NULL");
     cudaEvent_t created;
-    cuda_check(cudaEventCreate(&created), "cudaEventCreate");
-    *event = new sd_cuda_event{created};
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventCreate(&created), "cudaEventCreate"));
+    *event = new (std::nothrow) sd_cuda_event{created};
+    if (*event != nullptr) return {};
+    cudaEventDestroy(created);
+    return segdeploy::out_of_host_memory();
   });
 }
 
 extern "C" int sd_cuda_event_record(sd_cuda_event* event, void* stream) {
-  return guarded([&] {
-    if (event == nullptr) segdeploy::fail_invalid("event must not be NULL");
-    cuda_check(cudaEventRecord(event->event, static_cast<cudaStream_t>(stream)), "cudaEventRecord");
+  return report([&]() -> Error {
+    if (event == nullptr) return segdeploy::invalid("event must not be NULL");
+    return cuda_error(cudaEventRecord(event->event, static_cast<cudaStream_t>(stream)), "cudaEventRecord");
   });
 }
 
 extern "C" int sd_cuda_event_elapsed_ms(sd_cuda_event* start, sd_cuda_event* end, float* milliseconds) {
-  return guarded([&] {
+  return report([&]() -> Error {
     if (start == nullptr || end == nullptr || milliseconds == nullptr)
-      segdeploy::fail_invalid("start, end and milliseconds must not be NULL");
-    cuda_check(cudaEventSynchronize(end->event), "cudaEventSynchronize");
-    cuda_check(cudaEventElapsedTime(milliseconds, start->event, end->event), "cudaEventElapsedTime");
+      return segdeploy::invalid("start, end and milliseconds must not be NULL");
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventSynchronize(end->event), "cudaEventSynchronize"));
+    return cuda_error(cudaEventElapsedTime(milliseconds, start->event, end->event), "cudaEventElapsedTime");
   });
 }
 

@@ -1,12 +1,12 @@
-// Error reporting behind the C ABI: a thread-local message and a guard that turns every C++
-// exception into a status, so that no exception ever crosses the C boundary.
+// Error reporting behind the C ABI. Errors travel as return values, never as C++ exceptions:
+// the library runs inside hosts (Python builds among them) whose unwinder may not be the one the
+// library was built against, and a throw there can crash the process.
 #ifndef SEGDEPLOY_STATUS_INTERNAL_H
 #define SEGDEPLOY_STATUS_INTERNAL_H
 
-#include <new>
 #include <sstream>
-#include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "segdeploy/status.h"
 
@@ -14,46 +14,49 @@ namespace segdeploy {
 
 void set_last_error(const std::string& message);
 
-// Thrown inside the library; the guard turns it into its status and message.
-class Failure : public std::runtime_error {
+// The outcome of an operation: success, or a status with a message naming the cause.
+class [[nodiscard]] Error {
  public:
-  Failure(sd_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  Error() = default;
+  Error(sd_status status, std::string message) : status_(status), message_(std::move(message)) {}
+  explicit operator bool() const { return status_ != SD_OK; }
   sd_status status() const { return status_; }
+  const std::string& message() const { return message_; }
 
  private:
-  sd_status status_;
+  sd_status status_ = SD_OK;
+  std::string message_;
 };
 
-// Builds a message from streamable parts: fail_invalid("classes must be >= 1, got ", n).
+// Builds an error from streamable parts: invalid("classes must be >= 1, got ", n).
 template <typename... Parts>
-[[noreturn]] void fail(sd_status status, const Parts&... parts) {
+Error error(sd_status status, const Parts&... parts) {
   std::ostringstream message;
   (message << ... << parts);
-  throw Failure(status, message.str());
+  return Error(status, message.str());
 }
 template <typename... Parts>
-[[noreturn]] void fail_invalid(const Parts&... parts) {
-  fail(SD_ERROR_INVALID_ARGUMENT, parts...);
+Error invalid(const Parts&... parts) {
+  return error(SD_ERROR_INVALID_ARGUMENT, parts...);
 }
+inline Error out_of_host_memory() { return Error(SD_ERROR_OUT_OF_MEMORY, "out of host memory"); }
 
-// Runs body() and maps its outcome to a status, recording the message for sd_last_error().
+#define SD_RETURN_IF_ERROR(expression)                      \
+  do {                                                      \
+    if (::segdeploy::Error sd_error_ = (expression)) return sd_error_; \
+  } while (0)
+
+// The C ABI boundary: records the outcome of body() for sd_last_error() and returns its status.
+// The library throws nothing itself; the catch only guards against the standard library doing
+// so (a failed allocation while formatting a message, a thread that cannot be started).
 template <typename Body>
-int guarded(Body&& body) noexcept {
+int report(Body&& body) noexcept {
   try {
-    set_last_error("");
-    body();
-    return SD_OK;
-  } catch (const Failure& failure) {
-    set_last_error(failure.what());
-    return failure.status();
-  } catch (const std::bad_alloc&) {
-    set_last_error("out of host memory");
-    return SD_ERROR_OUT_OF_MEMORY;
-  } catch (const std::exception& error) {
-    set_last_error(std::string("internal error: ") + error.what());
-    return SD_ERROR_INTERNAL;
+    const Error outcome = body();
+    set_last_error(outcome.message());
+    return outcome.status();
   } catch (...) {
-    set_last_error("internal error: unknown exception");
+    set_last_error("internal error: the standard library raised an exception (out of memory?)");
     return SD_ERROR_INTERNAL;
   }
 }

@@ -51,6 +51,8 @@ BACKENDS = {
     "torch-cuda": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda"}),
     "torch-cuda-fp16": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda", "half": True}),
     "torch-cuda-graph": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda", "cuda_graph": True}),
+    # The engine `segdeploy build` wrote beside the artifact's model.onnx (model.engine + engine.json).
+    "trt": ("segdeploy.backend.trt.runner:TrtRunner", {}),
 }
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "bench": ".bench:bench",
     "inspect": ".inspect:inspect_cmd",
     "infer": ".infer:infer",
+    "eval": ".eval:eval_cmd",
     "crf": ".crf:crf",
 }
 

@@ -23,7 +23,22 @@ def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...], crf_threa
     if unknown:
         raise click.BadParameter(f"unknown CRF parameter(s) {', '.join(unknown)}; choose from {', '.join(fields)}",
                                  param_hint="--crf-param")  # fmt: skip
+    _check_kernels()
     return CRFSettings(dataclasses.replace(CRFParams(), **overrides), crf_at, crf_threads)
+
+
+def _check_kernels() -> None:
+    """Fail before the first image, not after it, when the CRF's compiled library cannot be loaded."""
+    from .. import kernels
+    from ..errors import SegdeployError
+
+    try:
+        kernels.load_library()
+    except SegdeployError:
+        raise
+    except (OSError, AttributeError) as exc:  # missing file, or a stale build without every symbol
+        raise SegdeployError(f"--crf needs the segdeploy kernels library, which cannot be loaded ({exc}); "
+                             "rebuild it with 'pip install .' or set SEGDEPLOY_KERNELS_LIB") from None
 
 
 @click.command("eval")

@@ -197,10 +197,9 @@ def resize_scores(scores_chw: np.ndarray, height: int, width: int) -> np.ndarray
 
     if scores_chw.shape[1:] == (height, width):
         return np.ascontiguousarray(scores_chw, dtype=np.float32)
-    return np.stack([
-        np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), mode="F").resize((width, height), Image.BILINEAR))
-        for channel in scores_chw
-    ])  # fmt: skip
+    # PIL's bilinear upsampling is torch's interpolate(mode="bilinear", align_corners=False).
+    channels = [Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)) for channel in scores_chw]
+    return np.stack([np.asarray(c.resize((width, height), Image.BILINEAR)) for c in channels])
 
 
 def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings) -> np.ndarray:

@@ -75,17 +75,25 @@ class ResNetFeatures(nn.Module):
     Stages past ``output_stride`` use dilation instead of stride (torchvision's
     ``replace_stride_with_dilation``). ``multi_grid`` multiplies the dilation of layer4's three
     blocks (DeepLabv3, Chen et al. 2017, §4.2: (1, 2, 4)); ``None`` keeps torchvision's layout.
+    torchvision gives the first block of a dilated stage the previous stage's rate;
+    ``dilate_first_block`` gives it the stage's own rate, as segmentation_models_pytorch does.
     """
 
     _builders = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
 
-    def __init__(self, depth: int = 50, output_stride: int = 32, multi_grid: tuple[int, ...] | None = None):
+    def __init__(
+        self, depth: int = 50, output_stride: int = 32, multi_grid: tuple[int, ...] | None = None,
+        dilate_first_block: bool = False,
+    ):
         super().__init__()
         if depth not in self._builders:
             raise ValueError(f"ResNet depth must be one of {sorted(self._builders)}, got {depth}")
         net = self._builders[depth](weights=None, replace_stride_with_dilation=_dilation_schedule(output_stride, 3))
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))
+        if dilate_first_block:
+            for stage in (self.layer2, self.layer3, self.layer4):
+                _set_dilation(stage[0].conv2, stage[-1].conv2.dilation[0])
         if multi_grid is not None:
             base_dilation = self.layer4[-1].conv2.dilation[0]  # the stage's atrous rate
             for block, unit_rate in zip(self.layer4, multi_grid, strict=True):
@@ -243,12 +251,16 @@ class Xception65Features(nn.Module):
         return [low_level, self.exit_block2(self.exit_block1(x))]
 
 
-def build_backbone(name: str, output_stride: int, multi_grid: tuple[int, ...] | None = None) -> nn.Module:
-    """A backbone by name: resnet50, resnet101, mobilenetv2, mobilenetv3_large, xception65."""
+def build_backbone(
+    name: str, output_stride: int, multi_grid: tuple[int, ...] | None = None, dilate_first_block: bool = False
+) -> nn.Module:
+    """A backbone by name: resnet50, resnet101, mobilenetv2, mobilenetv3_large, xception65.
+
+    ``multi_grid`` and ``dilate_first_block``: see ``ResNetFeatures``."""
     if name in ("resnet50", "resnet101"):
-        return ResNetFeatures(int(name[len("resnet"):]), output_stride, multi_grid)
-    if multi_grid is not None:
-        raise ValueError(f"multi_grid applies to ResNet backbones only, not {name!r}")
+        return ResNetFeatures(int(name[len("resnet"):]), output_stride, multi_grid, dilate_first_block)
+    if multi_grid is not None or dilate_first_block:
+        raise ValueError(f"multi_grid and dilate_first_block apply to ResNet backbones only, not {name!r}")
     if name == "mobilenetv2":
         return mobilenet_v2_features(output_stride)
     if name == "xception65":

@@ -13,12 +13,18 @@ import torch
 from torch import nn
 
 
+#: Floor of calibrated variances (see calibrate_batch_norm).
+MIN_VARIANCE = 1e-2
+
+
 def calibrate_batch_norm(model: nn.Module, input_size: tuple[int, int], *, batch=8, seed=0) -> nn.Module:
     """Set the running statistics of every BN layer from one batch of Gaussian images; returns
     ``model`` in eval mode. Deterministic for a given ``seed``.
 
     BN layers after global pooling see one value per image, hence a batch of 8: a variance
-    estimated from 2 values can be near zero and blow up those layers' outputs."""
+    estimated from 2 values can be near zero. Channels that are almost never active on the batch
+    (a ReLU'd random feature) also get variances near zero; dividing by their square root would
+    amplify float rounding ~300× at other inputs, so variances are floored at ``MIN_VARIANCE``."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved_momenta = [bn.momentum for bn in norms]
     for bn in norms:
@@ -30,4 +36,14 @@ def calibrate_batch_norm(model: nn.Module, input_size: tuple[int, int], *, batch
         model(images)
     for bn, momentum in zip(norms, saved_momenta):
         bn.momentum = momentum
+        bn.running_var.clamp_(min=MIN_VARIANCE)
     return model.eval()
+
+
+def calibrated_state_dict(name: str, input_size: tuple[int, int], *, seed=0, **model_kwargs) -> dict:
+    """The state dict of registered variant ``name``, randomly initialised from ``seed`` and
+    BN-calibrated at ``input_size``: stand-in weights for exports, tests and benchmarks."""
+    from .registry import create_model
+
+    torch.manual_seed(seed)
+    return calibrate_batch_norm(create_model(name, **model_kwargs), input_size, seed=seed).state_dict()

@@ -99,16 +99,19 @@ class DeepLabV3Head(nn.Sequential):
 
 
 class SegmentationModel(nn.Module):
-    """backbone → head on the deepest feature map → bilinear upsampling to the input size."""
+    """backbone → head on the deepest feature map → bilinear upsampling to the input size.
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module):
+    ``align_corners=True`` reproduces segmentation_models_pytorch's final upsampling."""
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, *, align_corners=False):
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
+        self.align_corners = align_corners
 
     def forward(self, images):
         logits = self.classifier(self.backbone(images)[-1])
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 class LargeFOVHead(nn.Sequential):
@@ -229,12 +232,29 @@ def deeplabv2(num_classes=21, backbone="resnet101", output_stride=8, atrous_rate
     defaults={"backbone": "mobilenetv3_large", "output_stride": 16, "atrous_rates": (12, 24, 36)},
     checkpoints=("segdeploy state dict", "torchvision deeplabv3_mobilenet_v3_large"),
 )
-def deeplabv3(num_classes=21, backbone="resnet50", output_stride=8, atrous_rates=None, multi_grid=None):
+@register_model(
+    "deeplabv3_resnet50_smp",
+    family="DeepLabv3",
+    paper=DEEPLABV3_PAPER,
+    output_stride=8,
+    defaults={"backbone": "resnet50", "smp_layout": True},
+    checkpoints=(
+        "segdeploy state dict",
+        "segmentation_models_pytorch DeepLabV3(encoder_name='resnet50' or 'resnet101' with --model-arg "
+        "backbone=resnet101), default decoder arguments",
+    ),
+)
+def deeplabv3(
+    num_classes=21, backbone="resnet50", output_stride=8, atrous_rates=None, multi_grid=None, smp_layout=False
+):
     """DeepLabv3. Defaults match torchvision's layout (output stride 8, rates 12/24/36, no
-    multi-grid); the paper's best setting adds ``multi_grid=(1, 2, 4)``."""
-    features = build_backbone(backbone, output_stride, multi_grid)
+    multi-grid); the paper's best setting adds ``multi_grid=(1, 2, 4)``. ``smp_layout`` matches
+    segmentation_models_pytorch's DeepLabV3 instead: the first block of each dilated ResNet stage
+    dilated too, and the final upsampling with ``align_corners=True``."""
+    features = build_backbone(backbone, output_stride, multi_grid, dilate_first_block=smp_layout)
     rates = atrous_rates or default_atrous_rates(output_stride)
-    return SegmentationModel(features, DeepLabV3Head(features.channels[-1], num_classes, rates))
+    head = DeepLabV3Head(features.channels[-1], num_classes, rates)
+    return SegmentationModel(features, head, align_corners=smp_layout)
 
 
 @register_model(

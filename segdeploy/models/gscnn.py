@@ -69,7 +69,8 @@ class ShapeStream(nn.Module):
 
     def __init__(self, in_channels, side_channels, widths=(64, 32, 16, 8)):
         super().__init__()
-        self.input_projection = nn.Conv2d(in_channels, widths[0], 1)
+        # ResNet's stem already has the 64 channels the paper's first residual block takes.
+        self.input_projection = nn.Identity() if in_channels == widths[0] else nn.Conv2d(in_channels, widths[0], 1)
         self.side_outputs = nn.ModuleList(nn.Conv2d(channels, 1, 1) for channels in side_channels)
         self.residual_blocks = nn.ModuleList(BasicBlock(width, width) for width in widths[:-1])
         self.reductions = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:]))

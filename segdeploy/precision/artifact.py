@@ -105,12 +105,17 @@ def _foreign_manifest(onnx_path: Path, model, dims, mean, std, scale, size) -> d
     }
 
 
-def default_output_dir(source: Source, precision: str) -> Path:
-    """``out`` -> ``out_int8``; ``model.onnx`` of a foreign file -> ``model_int8`` beside it."""
-    if source.foreign:
-        return source.onnx_path.with_name(f"{source.onnx_path.stem}_{precision}")
-    folder = source.onnx_path.parent
-    return folder.with_name(f"{folder.name}_{precision}")
+def output_dir_for(source: Source, output_dir: str | os.PathLike | None, precision: str) -> Path:
+    """``output_dir``, or by default ``out`` -> ``out_int8`` (a foreign ``model.onnx`` -> ``model_int8`` beside it)."""
+    if output_dir is None:
+        if source.foreign:
+            return source.onnx_path.with_name(f"{source.onnx_path.stem}_{precision}")
+        folder = source.onnx_path.parent
+        return folder.with_name(f"{folder.name}_{precision}")
+    output_dir = Path(output_dir)
+    if output_dir.resolve() == source.onnx_path.parent.resolve():
+        raise BadInputError(f"{output_dir}: is the source model's folder; choose another output folder")
+    return output_dir
 
 
 def write_artifact(output_dir: Path, model_file: Path, source: Source, precision: str, target: str | None, sections: dict) -> dict:
@@ -118,8 +123,6 @@ def write_artifact(output_dir: Path, model_file: Path, source: Source, precision
     import onnx
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    if output_dir.resolve() == source.onnx_path.parent.resolve():
-        raise BadInputError(f"{output_dir}: is the source artifact's folder; choose another output folder")
     with atomic_path(output_dir / ONNX_NAME) as tmp:
         os.replace(model_file, tmp)
     model = onnx.load(str(output_dir / ONNX_NAME), load_external_data=False)

@@ -62,10 +62,10 @@ class Reference:
                 kept.append(logits)
         reference = cls(images, spec, batch, fixed_batch, np.concatenate(argmax), num_classes,
                         np.concatenate(kept) if keep_logits else None)  # fmt: skip
-        reference.miou = reference._miou(reference.argmax)
+        reference.miou = reference.miou_of(reference.argmax)
         return reference
 
-    def _miou(self, argmax: np.ndarray) -> float | None:
+    def miou_of(self, argmax: np.ndarray) -> float | None:
         if self.images.masks is None:
             return None
         masks = _masks_at(self.images.masks, argmax.shape[1:])
@@ -111,7 +111,7 @@ def compare(session, reference: Reference, reference_session=None) -> Comparison
     argmax = np.concatenate(argmax)
     result = Comparison(agreement=float(np.mean(argmax == reference.argmax)))
     if reference.miou is not None:
-        result.miou = reference._miou(argmax)
+        result.miou = reference.miou_of(argmax)
         result.miou_drop = reference.miou - result.miou
     if with_logits:
         result.max_abs_diff = max_abs

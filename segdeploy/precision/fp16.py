@@ -48,49 +48,51 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32: frozenset[str] = frozense
     converted = float16.convert_float_to_float16(
         copy, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *SENSITIVE_OPS], node_block_list=sorted(keep_fp32),
     )  # fmt: skip
-    remove_cast_round_trips(converted)
-    sort_topologically(converted)
+    sort_topologically(converted)  # the converter appends its Casts at the end
+    converted.graph.ClearField("value_info")  # optional, and the converter leaves some with stale types
+    remove_redundant_casts(converted)
     check_float32_io(converted)
     return converted
 
 
-def remove_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop float32 -> float16 -> float32 Cast pairs.
+def remove_redundant_casts(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop Casts that change nothing or only lose precision (nodes must be in topological order).
 
-    The converter routes even a tensor between two FP32-kept nodes through FP16, which loses the
-    precision (or the range: 1e5 becomes inf) that keeping them was for. The consumers of the
-    second Cast read the original float32 tensor instead; a graph output keeps its name via Identity.
+    The converter casts float32 weights of FP32-kept layers to float32, and routes even a tensor
+    between two FP32-kept layers through FP16 (float32 -> float16 -> float32), which loses the
+    precision, or the range (1e5 becomes inf), that keeping them was for. Consumers of such a
+    Cast read the original tensor instead; a graph output keeps its name through an Identity.
     """
     inferred = onnx.shape_inference.infer_shapes(model)
     dtypes = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     dtypes.update({i.name: i.data_type for i in model.graph.initializer})
-    producers = {out: node for node in model.graph.node for out in node.output}
     graph_outputs = {o.name for o in model.graph.output}
 
     def cast_to(node) -> int | None:
         return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
-    renamed = {}
+    producers, renamed = {}, {}
     for node in list(model.graph.node):
-        first = producers.get(node.input[0]) if node.input else None
-        if cast_to(node) != TensorProto.FLOAT or first is None or cast_to(first) != TensorProto.FLOAT16:
-            continue
-        if dtypes.get(first.input[0]) != TensorProto.FLOAT:
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+        target, source = cast_to(node), node.input[0] if node.input else None
+        first = producers.get(source)
+        if target is not None and dtypes.get(source) != target and target == TensorProto.FLOAT and first is not None \
+                and cast_to(first) == TensorProto.FLOAT16 and dtypes.get(first.input[0]) == TensorProto.FLOAT:
+            source = first.input[0]  # a float32 -> float16 -> float32 round trip
+        if target is None or dtypes.get(source) != target:
+            producers.update((out, node) for out in node.output)
             continue
         if node.output[0] in graph_outputs:
             node.op_type = "Identity"
             node.ClearField("attribute")
-            node.input[0] = first.input[0]
+            node.input[0] = source
         else:
-            renamed[node.output[0]] = first.input[0]
+            renamed[node.output[0]] = source
             model.graph.node.remove(node)
-    for node in model.graph.node:
-        for index, name in enumerate(node.input):
-            if name in renamed:
-                node.input[index] = renamed[name]
     used = {name for node in model.graph.node for name in node.input} | graph_outputs
     for node in list(model.graph.node):
-        if cast_to(node) == TensorProto.FLOAT16 and node.output[0] not in used:
+        if node.op_type == "Cast" and node.output[0] not in used:
             model.graph.node.remove(node)
     return model
 

@@ -85,7 +85,10 @@ class Int8Builder:
         q = _quantization_api()
         with _quiet():
             # Shape inference and ORT's basic graph optimisations (constant folding, Conv+BN fusion).
-            q.shape_inference.quant_pre_process(str(fp32_path), str(self.prepared))
+            try:
+                q.shape_inference.quant_pre_process(str(fp32_path), str(self.prepared))
+            except Exception:  # ORT's symbolic shape inference gives up on some dynamic-size graphs
+                q.shape_inference.quant_pre_process(str(fp32_path), str(self.prepared), skip_symbolic_shape=True)
         onnx.save(name_nodes(onnx.load(str(self.prepared))), str(self.prepared))
         self._builds = 0
 
@@ -110,7 +113,7 @@ class Int8Builder:
                 augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                 calibrate_method=self._calibrate_method, extra_options=options,
             )  # fmt: skip
-            fixed_batch = self.fixed_batch_of(input_name)
+            fixed_batch = self._fixed_batch(input_name)
             for x in images.batches(spec, batch):
                 if len(x) < batch and fixed_batch:
                     break  # a fixed-batch graph cannot take the remainder
@@ -122,12 +125,12 @@ class Int8Builder:
             del calibrator
         q.calibrate.save_tensors_data(ranges, self.calibration_cache)
 
-    def fixed_batch_of(self, input_name: str) -> bool:
+    def _fixed_batch(self, input_name: str) -> bool:
         model = onnx.load(str(self.prepared), load_external_data=False)
         dim = next(i for i in model.graph.input if i.name == input_name).type.tensor_type.shape.dim[0]
         return dim.HasField("dim_value")
 
-    def build(self, keep_float: frozenset[str] = frozenset(), output: Path | None = None) -> Path:
+    def build(self, keep_float: frozenset[str] = frozenset()) -> Path:
         """A Q/DQ model with the nodes ``keep_float`` left unquantized, from the saved ranges."""
         if not self.calibration_cache.is_file():
             raise RuntimeError("calibrate() before build()")
@@ -143,7 +146,7 @@ class Int8Builder:
             extra["OpTypesToExcludeOutputQuantization"] = list(scheme.op_types)
             extra["QDQOpTypePerChannelSupportToAxis"] = dict(WEIGHT_CHANNEL_AXIS)
         self._builds += 1
-        output = output or self.workdir / f"int8-{self._builds}.onnx"
+        output = self.workdir / f"int8-{self._builds}.onnx"
         with _quiet():
             q.quantize_static(
                 str(self.prepared), str(output), calibration_data_reader=None,
@@ -161,8 +164,9 @@ class Int8Builder:
         return output
 
 
-def tensorrt_qdq_violations(path: Path) -> list[str]:
-    """What in a Q/DQ graph TensorRT rejects or mis-handles; empty when it follows the rules.
+def tensorrt_qdq_violations(model: Path | onnx.ModelProto) -> list[str]:
+    """What in a Q/DQ graph (a path or a loaded model) TensorRT rejects or mis-handles, as
+    ``"node name: problem"`` strings; empty when it follows the rules.
 
     Checked: every zero point is 0 (symmetric), Q/DQ are int8, no INT32 DequantizeLinear (a
     quantized bias), and weights of Conv/ConvTranspose are quantized per channel on the
@@ -170,7 +174,8 @@ def tensorrt_qdq_violations(path: Path) -> list[str]:
     """
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
     constants = {i.name: i for i in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
     problems = []

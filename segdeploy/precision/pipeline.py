@@ -10,6 +10,7 @@ so a run that changes only the gate settings quantizes again without recalibrati
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -22,7 +23,7 @@ from ..fileio import sha256_file
 from ..manifest import MANIFEST_NAME, ONNX_NAME, read_manifest
 from ..preprocess import IMAGE_SUFFIXES
 from ..targets import DEFAULT_TARGET, get_target
-from .artifact import Source, default_output_dir, load_source, tool_versions, write_artifact
+from .artifact import Source, load_source, output_dir_for, tool_versions, write_artifact
 from .data import ImageSet, folder_fingerprint, image_folder_files, load_image_set
 from .evaluate import DEFAULT_BATCH, Reference, compare, measure_latency, open_session
 from .gate import Budget, GateOutcome, run_gate
@@ -97,7 +98,7 @@ def make_fp16(
 
     source = load_source(path, **asdict(normalisation))
     profile = _target(source, target, default=None)
-    output_dir = Path(output_dir) if output_dir else default_output_dir(source, "fp16")
+    output_dir = output_dir_for(source, output_dir, "fp16")
     settings = {"keep_fp32": sorted(keep_fp32), "gate": asdict(gate)}
     key = _key(source, "fp16", settings, _fingerprint(val_dir, "validation") if val_dir else GENERATED_PROBE)
     reused = _reusable(output_dir, "fp16", key)
@@ -107,13 +108,13 @@ def make_fp16(
     validation = _validation_set(source, val_dir, fallback=None)
     with tempfile.TemporaryDirectory(prefix="segdeploy-fp16-") as work:
         model = name_nodes(onnx.load(str(source.onnx_path)))
+        unknown = set(keep_fp32) - {n.name for n in model.graph.node}
+        if unknown:
+            raise BadInputError(f"--keep-fp32: no node named {', '.join(sorted(unknown))} in {source.onnx_path}")
         progress("looking for activations beyond the FP16 range")
         overflow = overflowing_nodes(model, _subset(validation, gate.sensitivity_images), source.spec, source.input_name)
         always_fp32 = frozenset(keep_fp32) | frozenset(overflow)
-        unknown = always_fp32 - {n.name for n in model.graph.node}
-        if unknown:
-            raise BadInputError(f"--keep-fp32: no node named {', '.join(sorted(unknown))} in {source.onnx_path}")
-        builds = iter(range(1, 1 << 30))
+        builds = itertools.count(1)
 
         def build(keep: frozenset) -> Path:
             out = Path(work) / f"fp16-{next(builds)}.onnx"
@@ -126,6 +127,7 @@ def make_fp16(
         section = {
             "key": key,
             "converter": "onnxruntime.transformers.float16 (float32 inputs/outputs kept)",
+            "target_profile": profile.to_manifest() if profile else None,
             "kept_fp32_by_request": sorted(keep_fp32),
             "kept_fp32_for_range": overflow,
         }
@@ -164,7 +166,7 @@ def make_int8(
         batch = source.batch  # a fixed-batch graph takes only its own batch size
     if batch < 1 or min_images < 1:
         raise BadInputError("--batch and --min-images must be at least 1")
-    output_dir = Path(output_dir) if output_dir else default_output_dir(source, "int8")
+    output_dir = output_dir_for(source, output_dir, "int8")
     calibration = {"method": method, "batch": batch, "max_images": max_images, "preprocessing": source.spec,
                    "files_sha256": _fingerprint(calib_dir, "calibration", max_images)}  # fmt: skip
     if method == "percentile":
@@ -211,6 +213,7 @@ def make_int8(
         section = {
             "key": key,
             "quantizer": "onnxruntime.quantization (QDQ)",
+            "target_profile": profile.to_manifest(),
             "scheme": scheme.describe(),
             "calibration": {
                 **calibration,

@@ -1,0 +1,170 @@
+"""Dense CRF benchmark: segdeploy's CPU kernel against pydensecrf2 (the reference) in one run, and
+the CUDA kernel timed with CUDA events when a GPU is present.
+
+Setting (issue 6): a 512x512 real photo (scikit-image's astronaut, or --image), 21 classes,
+a noisy unary (segdeploy.crf.synthetic_logits), 10 iterations, DeepLab v2 parameters
+(spatial 3/3, bilateral 4/67/3). Reports medians, the CPU speed-up as a ratio of medians, and
+the agreement of each implementation with the reference (label agreement, mean |dQ|).
+
+    PYTHONPATH=. python benchmarks/crf.py [--repeats 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segdeploy import kernels  # noqa: E402
+from segdeploy.crf import CRFParams, CudaBuffer, dense_crf, synthetic_logits  # noqa: E402
+
+PARAMS = CRFParams()  # DeepLab v2
+CLASSES = 21
+
+
+def load_image(path: str | None) -> tuple[np.ndarray, str]:
+    if path and path.endswith(".npy"):
+        return np.ascontiguousarray(np.load(path), np.uint8), path
+    if path:
+        from PIL import Image
+
+        return np.ascontiguousarray(Image.open(path).convert("RGB")), path
+    try:
+        from skimage.data import astronaut
+    except ImportError:
+        sys.exit("scikit-image is not installed: pass the benchmark photo with --image (PNG or .npy, HxWx3 uint8)")
+    return np.ascontiguousarray(astronaut()), "skimage.data.astronaut"
+
+
+def pydensecrf_run(unary_energy: np.ndarray, image: np.ndarray):
+    import pydensecrf.densecrf as dcrf
+
+    classes, height, width = unary_energy.shape
+    crf = dcrf.DenseCRF2D(width, height, classes)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_energy.reshape(classes, -1)))
+    crf.addPairwiseGaussian(sxy=PARAMS.spatial_theta, compat=PARAMS.spatial_weight)
+    crf.addPairwiseBilateral(sxy=PARAMS.bilateral_theta_xy, srgb=PARAMS.bilateral_theta_rgb, rgbim=image,
+                             compat=PARAMS.bilateral_weight)
+    return np.array(crf.inference(PARAMS.iterations), np.float32).reshape(classes, height, width)
+
+
+def agreement(probabilities: np.ndarray, reference: np.ndarray) -> dict:
+    return {"label_agreement": float((probabilities.argmax(0) == reference.argmax(0)).mean()),
+            "mean_abs_dq": float(np.abs(probabilities - reference).mean())}
+
+
+def time_cpu(logits, image, repeats: int, threads: int) -> dict:
+    """Ours and, when installed, pydensecrf2, alternating so that both see the same machine load."""
+    have_reference = importlib.util.find_spec("pydensecrf") is not None
+    ours, reference_times = [], []
+    probabilities = reference = None
+    for _ in range(repeats):
+        if have_reference:
+            started = time.perf_counter()
+            reference = pydensecrf_run(-logits, image)
+            reference_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        probabilities = dense_crf(logits, image, PARAMS, output="probabilities", num_threads=threads)
+        ours.append(time.perf_counter() - started)
+    result = {"threads": threads or os.cpu_count(), "segdeploy_ms": [t * 1e3 for t in ours],
+              "segdeploy_median_ms": statistics.median(ours) * 1e3}
+    if have_reference:
+        result.update(pydensecrf2_ms=[t * 1e3 for t in reference_times],
+                      pydensecrf2_median_ms=statistics.median(reference_times) * 1e3,
+                      speedup=statistics.median(reference_times) / statistics.median(ours),
+                      **agreement(probabilities, reference))
+    return result, probabilities
+
+
+def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray) -> dict:
+    """sd_crf_cuda on preallocated device buffers, timed with CUDA events around each call."""
+    lib = kernels.load_library()
+    classes, height, width = logits.shape
+    unary, rgb = CudaBuffer.from_numpy(logits), CudaBuffer.from_numpy(image)
+    probabilities = CudaBuffer((classes, height, width), np.float32)
+    labels = CudaBuffer((height, width), np.int32)
+    size = ctypes.c_size_t()
+    kernels.check(lib.sd_crf_cuda_workspace_bytes(classes, height, width, ctypes.byref(size)))
+    workspace = CudaBuffer((size.value,), np.uint8)
+    io = kernels.CrfIO(unary.pointer, kernels.SD_DTYPE_FLOAT32, kernels.CRF_UNARY_KINDS["logits"], rgb.pointer,
+                       kernels.SD_IMAGE_HWC, 1, classes, height, width, probabilities.pointer, labels.pointer)
+    start, end = ctypes.c_void_p(), ctypes.c_void_p()
+    kernels.check(lib.sd_cuda_event_create(ctypes.byref(start)))
+    kernels.check(lib.sd_cuda_event_create(ctypes.byref(end)))
+
+    def timed(params: CRFParams) -> float:
+        c_params = params.to_c()
+        kernels.check(lib.sd_cuda_event_record(start, None))
+        kernels.check(lib.sd_crf_cuda(ctypes.byref(c_params), ctypes.byref(io), workspace.pointer, workspace.nbytes,
+                                      0, None))
+        kernels.check(lib.sd_cuda_event_record(end, None))
+        milliseconds = ctypes.c_float()
+        kernels.check(lib.sd_cuda_event_elapsed_ms(start, end, ctypes.byref(milliseconds)))
+        return milliseconds.value
+
+    result = {"workspace_mib": size.value / 2**20}
+    for label, iterations in (("one_iteration", 1), ("full", PARAMS.iterations)):
+        params = CRFParams(**{**PARAMS.__dict__, "iterations": iterations})
+        for _ in range(3):
+            timed(params)  # warm-up
+        times = [timed(params) for _ in range(repeats)]
+        result[f"{label}_ms"] = times
+        result[f"{label}_median_ms"] = statistics.median(times)
+    result["per_iteration_ms"] = (result["full_median_ms"] - result["one_iteration_median_ms"]) / (PARAMS.iterations - 1)
+    result.update(agreement(probabilities.numpy(), cpu_probabilities))
+    for event in (start, end):
+        lib.sd_cuda_event_destroy(event)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", help="photo to use instead of scikit-image's astronaut (PNG or HxWx3 .npy)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (CPU)")
+    parser.add_argument("--gpu-repeats", type=int, default=20, help="timed runs on the GPU")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for segdeploy (0: all cores)")
+    parser.add_argument("--skip-cpu", action="store_true", help="time the GPU only (checked against one CPU run)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    image, source = load_image(args.image)
+    logits = synthetic_logits(image, CLASSES, seed=0)
+    report = {"image": source, "shape": list(logits.shape), "params": PARAMS.__dict__}
+    if args.skip_cpu:
+        cpu_probabilities = dense_crf(logits, image, PARAMS, output="probabilities", num_threads=args.threads)
+    else:
+        report["cpu"], cpu_probabilities = time_cpu(logits, image, args.repeats, args.threads)
+        cpu = report["cpu"]
+        line = f"CPU ({cpu['threads']} threads): segdeploy median {cpu['segdeploy_median_ms']:.1f} ms"
+        if "speedup" in cpu:
+            line += (f", pydensecrf2 median {cpu['pydensecrf2_median_ms']:.1f} ms, speed-up x{cpu['speedup']:.2f}; "
+                     f"vs reference: labels {cpu['label_agreement']:.5f}, mean |dQ| {cpu['mean_abs_dq']:.2e}")
+        else:
+            line += " (pydensecrf2 not installed: no reference timing)"
+        print(line)
+    if kernels.cuda_device_count() > 0:
+        report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities)
+        print(f"CUDA: {gpu['full_median_ms']:.3f} ms median for {PARAMS.iterations} iterations "
+              f"(1 iteration {gpu['one_iteration_median_ms']:.3f} ms, {gpu['per_iteration_ms']:.3f} ms per further "
+              f"iteration; workspace {gpu['workspace_mib']:.0f} MiB); vs CPU: labels {gpu['label_agreement']:.5f}, "
+              f"mean |dQ| {gpu['mean_abs_dq']:.2e}")
+    else:
+        print(f"CUDA: no device (kernels built with CUDA: {kernels.built_with_cuda()}); not timed")
+    if args.json:
+        from segdeploy.fileio import write_json
+
+        write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# GPU check of the dense CRF kernels on a machine with nvcc, cmake, ninja and python3 (numpy,
+# pytest): builds the kernels (and the TensorRT plugin where TensorRT headers exist), runs the
+# C++ tests (also under compute-sanitizer when present), the GPU pytest tests and the GPU
+# benchmark. Every step logs to $OUT/<step>.log; the exit status is non-zero if a step failed.
+#
+#   OUT=/tmp/gpu_check CUDA_ARCH=90 CRF_BENCH_IMAGE=astronaut.npy bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_check_out}
+BUILD=${BUILD_DIR:-build/gpu}
+mkdir -p "$OUT"
+failed=()
+
+step() {  # step NAME COMMAND...: runs COMMAND, logs to $OUT/NAME.log, records a failure
+  local name=$1
+  shift
+  local started=$SECONDS
+  if "$@" >"$OUT/$name.log" 2>&1; then
+    echo "ok      $name ($((SECONDS - started)) s)"
+  else
+    echo "FAILED  $name ($((SECONDS - started)) s): last lines of $name.log:"
+    tail -n 40 "$OUT/$name.log" | sed 's/^/    /'
+    failed+=("$name")
+  fi
+}
+
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DSEGDEPLOY_BUILD_TESTS=ON
+grep -E "TensorRT|CUDA compiler identification" "$OUT/configure.log" | sed 's/^/        /'
+step build cmake --build "$BUILD" -j "$(nproc)"
+step ctest ctest --test-dir "$BUILD" --output-on-failure
+if command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck initcheck racecheck; do
+    step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/kernels/test_densecrf"
+  done
+fi
+
+export SEGDEPLOY_KERNELS_LIB="$PWD/$BUILD/kernels/libsegdeploy_kernels.so" PYTHONPATH="$PWD"
+step pytest python3 -m pytest tests/test_crf.py tests/test_crf_onnx.py -v -p no:cacheprovider -rs
+benchmark=(python3 benchmarks/crf.py --repeats 3 --json "$OUT/crf_benchmark.json")
+[ -n "${CRF_BENCH_IMAGE:-}" ] && benchmark+=(--image "$CRF_BENCH_IMAGE")
+step benchmark "${benchmark[@]}"
+cat "$OUT/benchmark.log"
+if command -v nsys >/dev/null; then  # time per kernel, for tuning
+  profile=(nsys profile --stats=true --force-overwrite true -o "${TMPDIR:-/tmp}/crf_profile" "${benchmark[@]:0:2}"
+           --skip-cpu --gpu-repeats 5)
+  [ -n "${CRF_BENCH_IMAGE:-}" ] && profile+=(--image "$CRF_BENCH_IMAGE")
+  step nsys-profile "${profile[@]}"
+  grep -A 40 "cuda_gpu_kern_sum" "$OUT/nsys-profile.log" | head -45
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed steps: ${failed[*]}"
+  exit 1
+fi
+echo "all GPU checks passed"

@@ -1,0 +1,662 @@
+// CUDA driver of the dense CRF. Everything is enqueued on the caller's stream; the lattice size
+// is known on the device only, so kernels that run over vertices read it there and loop over a
+// grid sized for the worst case. The host never waits, except once before the iterations when
+// the caller asks for the unary to be checked for NaN/inf.
+//
+// The workspace holds every array at its worst-case size (each entry its own vertex), so one
+// allocation per image size serves every call; its layout is computed by Layout below.
+//
+// Flat image regions put thousands of pixels on one lattice vertex. So that no thread is left
+// with such a vertex alone, the splat works on parts of at most kPartEntries entries and sums
+// the parts of the few heavy vertices in a second, deterministic pass.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include <algorithm>
+#include <climits>
+
+#include "../src/cuda_check.h"
+#include "crf_problem.h"
+#include "lattice_build.h"
+
+namespace segdeploy::densecrf {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr int64_t kMaxBlocks = 8192;  // grid-stride loops cover the rest
+constexpr int32_t kPartEntries = 64;
+constexpr unsigned long long kNoBadValue = ULLONG_MAX;
+
+int blocks_for(int64_t items) { return int(std::max<int64_t>(1, std::min((items + kThreads - 1) / kThreads, kMaxBlocks))); }
+
+// Indices fit in int32: sd_crf_cuda checks that (entries + 1) * classes does.
+#define SD_GRID_STRIDE(index, count) \
+  for (int32_t index = blockIdx.x * blockDim.x + threadIdx.x; index < (count); index += gridDim.x * blockDim.x)
+
+Error launched(const char* kernel) { return cuda_error(cudaGetLastError(), kernel); }
+
+// Device arrays of one lattice and of its filtering.
+template <int D>
+struct DeviceLattice {
+  LatticeArrays<D> arrays;
+  int32_t* owner_flag;      // [entries + 1]: scan input
+  int32_t* entry_index;     // [entries]: 0, 1, 2, ... (sort input)
+  int32_t* sorted_vertex;   // [entries]: sort output (unused)
+  int32_t* part_count;      // [entries + 1]: parts of each vertex
+  int32_t* part_start;      // [entries + 1]: first part of each vertex
+  int32_t* part_vertex;     // [entries]: vertex of each part
+  int32_t* part_total;      // [1]
+  int32_t* heavy_vertices;  // [entries]: vertices with more than one part
+  int32_t* heavy_count;     // [1]
+  float* splat_weight;      // [entries], segment order
+  int32_t* splat_pixel;     // [entries], segment order
+  float* slice_weight;      // [entries], entry order
+  float* values;            // [(entries + 1) * classes]; row M stays zero ("no neighbour")
+  float* scratch;           // same size: the blur ping-pongs between the two
+  float* pre;               // [pixels]
+  float* post;              // [pixels]
+};
+
+// Carves the workspace; with a null base it only measures.
+class Carver {
+ public:
+  explicit Carver(char* base) : base_(base) {}
+  template <typename T>
+  T* take(int64_t count) {
+    offset_ = (offset_ + kAlignment - 1) / kAlignment * kAlignment;
+    T* p = base_ ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += size_t(count) * sizeof(T);
+    return p;
+  }
+  size_t size() const { return offset_ + kAlignment; }  // + slack to align the base
+  static constexpr size_t kAlignment = 256;
+
+ private:
+  char* base_;
+  size_t offset_ = 0;
+};
+
+template <int D>
+void carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattice<D>& out) {
+  const int64_t entries = int64_t(pixels) * (D + 1);
+  const uint32_t table_size = table_size_for(entries);
+  LatticeArrays<D>& L = out.arrays;
+  L.pixels = pixels;
+  L.entries = int32_t(entries);
+  L.table_mask = table_size - 1;
+  L.keys = carver.take<int32_t>(entries * D);
+  L.barycentric = carver.take<float>(entries);
+  L.table = carver.take<TableSlot>(table_size);
+  L.table_fill = nullptr;  // sized for every entry: it cannot overflow
+  L.max_fill = 0;
+  L.entry_slot = carver.take<int32_t>(entries);
+  L.owner_rank = carver.take<int32_t>(entries + 1);
+  L.entry_vertex = carver.take<int32_t>(entries);
+  L.vertex_keys = carver.take<int32_t>(entries * D);
+  L.vertex_size = carver.take<int32_t>(entries + 1);
+  L.segment_start = carver.take<int32_t>(entries + 1);
+  L.segment_entry = carver.take<int32_t>(entries);
+  L.neighbor_stride = int32_t(entries);
+  L.neighbors = carver.take<int32_t>(entries * 2 * (D + 1));
+  L.vertex_count = carver.take<int32_t>(1);
+  out.owner_flag = carver.take<int32_t>(entries + 1);
+  out.entry_index = carver.take<int32_t>(entries);
+  out.sorted_vertex = carver.take<int32_t>(entries);
+  out.part_count = carver.take<int32_t>(entries + 1);
+  out.part_start = carver.take<int32_t>(entries + 1);
+  out.part_vertex = carver.take<int32_t>(entries);
+  out.part_total = carver.take<int32_t>(1);
+  out.heavy_vertices = carver.take<int32_t>(entries);
+  out.heavy_count = carver.take<int32_t>(1);
+  out.splat_weight = carver.take<float>(entries);
+  out.splat_pixel = carver.take<int32_t>(entries);
+  out.slice_weight = carver.take<float>(entries);
+  out.values = carver.take<float>((entries + 1) * classes);
+  out.scratch = carver.take<float>((entries + 1) * classes);
+  out.pre = carver.take<float>(pixels);
+  out.post = carver.take<float>(pixels);
+}
+
+// Bits of the largest vertex id, for the radix sort.
+int vertex_bits(int64_t entries) {
+  int bits = 1;
+  while ((int64_t(1) << bits) < entries) ++bits;
+  return bits;
+}
+
+struct Layout {
+  float* log_prob;  // [pixels][classes]
+  float* q;         // [pixels][classes]
+  unsigned long long* first_bad;
+  void* temp;  // CUB's scratch for the scans and the sort
+  size_t temp_bytes = 0;
+  DeviceLattice<kSpatialDims> spatial;
+  DeviceLattice<kBilateralDims> bilateral;
+  size_t bytes = 0;
+
+  Error carve(void* workspace, int32_t classes, int32_t height, int32_t width) {
+    char* base = static_cast<char*>(workspace);
+    if (base != nullptr) {
+      const uintptr_t misalignment = reinterpret_cast<uintptr_t>(base) % Carver::kAlignment;
+      if (misalignment != 0) base += Carver::kAlignment - misalignment;
+    }
+    Carver carver(base);
+    const int32_t pixels = height * width;
+    const int64_t entries = int64_t(pixels) * (kBilateralDims + 1);
+    size_t scan_bytes = 0, sort_bytes = 0;
+    SD_RETURN_IF_ERROR(cuda_error(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int32_t*>(nullptr),
+                                                                static_cast<int32_t*>(nullptr), int(entries + 1)),
+                                  "cub::DeviceScan::ExclusiveSum (size query)"));
+    SD_RETURN_IF_ERROR(cuda_error(
+        cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<int32_t*>(nullptr),
+                                        static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                        static_cast<int32_t*>(nullptr), int(entries), 0, vertex_bits(entries)),
+        "cub::DeviceRadixSort::SortPairs (size query)"));
+    temp_bytes = std::max(scan_bytes, sort_bytes);
+    log_prob = carver.take<float>(int64_t(pixels) * classes);
+    q = carver.take<float>(int64_t(pixels) * classes);
+    first_bad = carver.take<unsigned long long>(1);
+    temp = carver.take<char>(int64_t(temp_bytes));
+    carve_lattice(carver, pixels, classes, spatial);
+    carve_lattice(carver, pixels, classes, bilateral);
+    bytes = carver.size();
+    return {};
+  }
+};
+
+// Checks sizes that the int32 indexing of the kernels can take.
+Error check_size(int32_t classes, int32_t height, int32_t width) {
+  if (classes < 1 || height < 1 || width < 1)
+    return invalid("classes, height and width must all be >= 1, got classes=", classes, " height=", height,
+                   " width=", width);
+  const int64_t rows = int64_t(height) * width * (kBilateralDims + 1) + 1;
+  if (rows * classes > INT32_MAX)
+    return invalid("an image of ", height, "x", width, " pixels with ", classes,
+                   " classes is too large for the CUDA dense CRF (at most ", INT32_MAX,
+                   " = pixels x 6 x classes); run it on the CPU or in tiles");
+  return {};
+}
+
+// ---- unary ---------------------------------------------------------------------------------
+
+__global__ void find_bad_unary_kernel(const void* unary, int32_t dtype, int32_t kind, int64_t count,
+                                      unsigned long long* first_bad) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    if (!unary_value_ok(load_unary(unary, dtype, i), kind)) atomicMin(first_bad, static_cast<unsigned long long>(i));
+}
+
+// One image's planar (classes, pixels) input to pixel-major log-probability rows.
+__global__ void load_log_prob_kernel(const void* unary, int32_t dtype, int32_t kind, int64_t base, int32_t classes,
+                                     int32_t pixels, float* log_prob, unsigned long long* first_bad) {
+  SD_GRID_STRIDE(i, classes * pixels) {
+    const float value = load_unary(unary, dtype, base + i);
+    if (!unary_value_ok(value, kind)) atomicMin(first_bad, static_cast<unsigned long long>(base + i));
+    const int32_t c = i / pixels, pixel = i % pixels;
+    log_prob[int64_t(pixel) * classes + c] = log_prob_from_unary(value, kind);
+  }
+}
+
+// ---- lattice construction (the steps of lattice_build.h, one kernel each) -------------------
+
+template <int D>
+__global__ void embed_kernel(LatticeArrays<D> L, LatticeScale<D> scale, ImageView image, sd_crf_params params) {
+  SD_GRID_STRIDE(pixel, L.pixels) {
+    const int x = pixel % image.width, y = pixel / image.width;
+    float feature[D];
+    if constexpr (D == kSpatialDims) {
+      spatial_features(x, y, params, feature);
+    } else {
+      bilateral_features(x, y, image, params, feature);
+    }
+    embed_pixel<D>(L, pixel, feature, scale);
+  }
+}
+
+template <int D>
+__global__ void insert_kernel(LatticeArrays<D> L) {
+  SD_GRID_STRIDE(entry, L.entries) insert_entry<D>(L, entry);
+}
+
+template <int D>
+__global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* entry_index) {
+  SD_GRID_STRIDE(entry, L.entries) {
+    flags[entry] = owns_key<D>(L, entry);
+    entry_index[entry] = entry;
+  }
+}
+
+// The scan ran over entries + 1 items (the last flag is 0), so its last value is M.
+template <int D>
+__global__ void vertex_count_kernel(LatticeArrays<D> L) {
+  if (threadIdx.x == 0) *L.vertex_count = L.owner_rank[L.entries];
+}
+
+template <int D>
+__global__ void assign_kernel(LatticeArrays<D> L) {
+  SD_GRID_STRIDE(entry, L.entries) assign_vertex<D>(L, entry);
+}
+
+template <int D>
+__global__ void relabel_kernel(LatticeArrays<D> L) {
+  SD_GRID_STRIDE(slot, int32_t(L.table_mask) + 1) relabel_slot<D>(L, uint32_t(slot));
+}
+
+template <int D>
+__global__ void neighbors_kernel(LatticeArrays<D> L) {
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(v, vertices) find_neighbors<D>(L, v, vertices);
+}
+
+// Splits every vertex's segment into parts of at most kPartEntries entries; lists the heavy ones.
+template <int D>
+__global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32_t* heavy_vertices,
+                                  int32_t* heavy_count) {
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(v, vertices) {
+    const int32_t parts = (L.segment_start[v + 1] - L.segment_start[v] + kPartEntries - 1) / kPartEntries;
+    part_count[v] = parts;
+    if (parts > 1) heavy_vertices[atomicAdd(heavy_count, 1)] = v;
+  }
+}
+
+template <int D>
+__global__ void part_vertex_kernel(LatticeArrays<D> L, const int32_t* part_start, int32_t* part_vertex,
+                                   int32_t* part_total) {
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(v, vertices) {
+    for (int32_t part = part_start[v]; part < part_start[v + 1]; ++part) part_vertex[part] = v;
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *part_total = part_start[vertices];
+}
+
+// ---- filtering -----------------------------------------------------------------------------
+
+template <int D>
+__global__ void splat_order_kernel(LatticeArrays<D> L, float* splat_weight, int32_t* splat_pixel) {
+  SD_GRID_STRIDE(k, L.entries) {
+    const int32_t entry = L.segment_entry[k];
+    splat_weight[k] = L.barycentric[entry];
+    splat_pixel[k] = entry / (D + 1);
+  }
+}
+
+__global__ void fill_kernel(float* values, int32_t count, float value) {
+  SD_GRID_STRIDE(i, count) values[i] = value;
+}
+
+// Row M of a value buffer stands for an absent neighbour.
+__global__ void zero_sentinel_kernel(const int32_t* vertex_count, float* values, int32_t width) {
+  const int64_t row = int64_t(*vertex_count) * width;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) values[row + c] = 0.0f;
+}
+
+struct Parts {
+  const int32_t* total;
+  const int32_t* start;
+  const int32_t* vertex;
+  const int32_t* heavy;
+  const int32_t* heavy_count;
+};
+
+// Σ over one part's entries of splat weight × q[pixel][c]: the vertex's value when it has one
+// part, else a partial sum for heavy_splat_kernel.
+__global__ void part_splat_kernel(Parts parts, const int32_t* __restrict__ segment_start,
+                                  const float* __restrict__ splat_weight, const int32_t* __restrict__ splat_pixel,
+                                  const float* __restrict__ q, int32_t width, float* __restrict__ values,
+                                  float* __restrict__ partial) {
+  const int32_t total = *parts.total;
+  SD_GRID_STRIDE(i, total * width) {
+    const int32_t part = i / width, c = i % width;
+    const int32_t v = parts.vertex[part];
+    const int32_t first_part = parts.start[v];
+    const int32_t begin = segment_start[v] + (part - first_part) * kPartEntries;
+    const int32_t end = min(segment_start[v + 1], begin + kPartEntries);
+    float sum = 0.0f;
+    for (int32_t k = begin; k < end; ++k) sum += splat_weight[k] * q[int64_t(splat_pixel[k]) * width + c];
+    if (parts.start[v + 1] - first_part == 1) values[int64_t(v) * width + c] = sum;
+    else partial[int64_t(part) * width + c] = sum;
+  }
+}
+
+__global__ void heavy_splat_kernel(Parts parts, const float* __restrict__ partial, int32_t width,
+                                   float* __restrict__ values) {
+  const int32_t heavy = *parts.heavy_count;
+  SD_GRID_STRIDE(i, heavy * width) {
+    const int32_t v = parts.heavy[i / width], c = i % width;
+    float sum = 0.0f;
+    for (int32_t part = parts.start[v]; part < parts.start[v + 1]; ++part) sum += partial[int64_t(part) * width + c];
+    values[int64_t(v) * width + c] = sum;
+  }
+}
+
+__global__ void blur_kernel(const int32_t* __restrict__ vertex_count, const int32_t* __restrict__ neighbors,
+                            const float* __restrict__ source, int32_t width, float* __restrict__ target) {
+  const int32_t vertices = *vertex_count;
+  SD_GRID_STRIDE(i, vertices * width) {
+    const int32_t v = i / width, c = i % width;
+    const int2 around = reinterpret_cast<const int2*>(neighbors)[v];
+    target[i] = source[i] + 0.5f * (source[around.x * width + c] + source[around.y * width + c]);
+  }
+}
+
+template <int D>
+__global__ void normalization_kernel(LatticeArrays<D> L, const float* __restrict__ row_sum, int32_t normalization,
+                                     float* pre, float* post) {
+  const float scale = slice_scale<D>();
+  SD_GRID_STRIDE(pixel, L.pixels) {
+    float sum = 0.0f;
+    for (int r = 0; r <= D; ++r) {
+      const int32_t entry = pixel * (D + 1) + r;
+      sum += L.barycentric[entry] * row_sum[L.entry_vertex[entry]] * scale;
+    }
+    normalization_factors(sum, normalization, pre + pixel, post + pixel);
+  }
+}
+
+template <int D>
+__global__ void weights_kernel(LatticeArrays<D> L, const float* pre, const float* post, float potts_weight,
+                               float* splat_weight, const int32_t* splat_pixel, float* slice_weight) {
+  const float scale = slice_scale<D>();
+  SD_GRID_STRIDE(k, L.entries) {
+    splat_weight[k] *= pre[splat_pixel[k]];
+    slice_weight[k] = L.barycentric[k] * scale * post[k / (D + 1)] * potts_weight;
+  }
+}
+
+// ---- slice + softmax: one warp per pixel, lane c holds classes c, c + 32, ... -------------------
+
+template <int D>
+struct SliceSource {
+  const int32_t* entry_vertex = nullptr;  // null: the kernel is off
+  const float* slice_weight = nullptr;
+  const float* blurred = nullptr;
+};
+
+struct Outputs {
+  float* probabilities = nullptr;  // this image's planes, or null
+  int32_t* labels = nullptr;       // this image's labels, or null
+  const unsigned long long* first_bad = nullptr;  // set on the last pass only
+};
+
+__device__ float warp_max(float value) {
+  for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  return value;
+}
+
+__device__ float warp_sum(float value) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+template <int kPerLane, int D>
+__device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t classes, int lane,
+                            float (&logit)[kPerLane]) {
+  if (source.entry_vertex == nullptr) return;
+  for (int r = 0; r <= D; ++r) {
+    const int32_t entry = pixel * (D + 1) + r;
+    const float w = source.slice_weight[entry];
+    const float* row = source.blurred + int64_t(source.entry_vertex[entry]) * classes;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + 32 * k;
+      if (c < classes) logit[k] += w * row[c];
+    }
+  }
+}
+
+template <int kPerLane>
+__global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSource<kSpatialDims> spatial,
+                                     SliceSource<kBilateralDims> bilateral, int32_t classes, int32_t pixels,
+                                     float* __restrict__ q, Outputs outputs) {
+  const int lane = threadIdx.x % 32;
+  const bool final_pass = outputs.first_bad != nullptr;
+  const bool bad_image = final_pass && *outputs.first_bad != kNoBadValue;
+  for (int32_t pixel = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; pixel < pixels;
+       pixel += gridDim.x * kWarpsPerBlock) {
+    float logit[kPerLane];
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + 32 * k;
+      logit[k] = c < classes ? log_prob[int64_t(pixel) * classes + c] : -INFINITY;
+    }
+    add_message(spatial, pixel, classes, lane, logit);
+    add_message(bilateral, pixel, classes, lane, logit);
+    float largest = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) largest = fmaxf(largest, logit[k]);
+    largest = warp_max(largest);
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      logit[k] = lane + 32 * k < classes ? expf(logit[k] - largest) : 0.0f;
+      total += logit[k];
+    }
+    const float inverse = 1.0f / warp_sum(total);
+    float best = -1.0f;
+    int best_class = 0;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + 32 * k;
+      if (c >= classes) continue;
+      const float probability = logit[k] * inverse;
+      q[int64_t(pixel) * classes + c] = probability;
+      if (final_pass && outputs.probabilities != nullptr)
+        outputs.probabilities[int64_t(c) * pixels + pixel] = bad_image ? NAN : probability;
+      if (probability > best) {
+        best = probability;
+        best_class = c;
+      }
+    }
+    if (!final_pass || outputs.labels == nullptr) continue;
+    // Arg max over lanes, the lowest class winning ties (as numpy's argmax).
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int other_class = __shfl_xor_sync(0xffffffffu, best_class, offset);
+      if (other > best || (other == best && other_class < best_class)) {
+        best = other;
+        best_class = other_class;
+      }
+    }
+    if (lane == 0) outputs.labels[pixel] = bad_image ? -1 : best_class;
+  }
+}
+
+// ---- host orchestration ----------------------------------------------------------------------
+
+#define SD_LAUNCH(kernel, grid, ...)                                    \
+  do {                                                                  \
+    kernel<<<(grid), kThreads, 0, stream_>>>(__VA_ARGS__);              \
+    SD_RETURN_IF_ERROR(launched(#kernel));                              \
+  } while (0)
+
+class CudaCrf {
+ public:
+  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, cudaStream_t stream)
+      : p_(params), io_(io), w_(layout), stream_(stream), pixels_(int32_t(pixel_count(io))) {}
+
+  Error check_unary_on_host() {
+    SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long)));
+    const int64_t count = int64_t(io_.batch) * io_.classes * pixels_;
+    SD_LAUNCH(find_bad_unary_kernel, blocks_for(count), io_.unary, io_.unary_dtype, io_.unary_kind, count,
+              w_.first_bad);
+    unsigned long long first_bad = kNoBadValue;
+    SD_RETURN_IF_ERROR(cuda_error(
+        cudaMemcpyAsync(&first_bad, w_.first_bad, sizeof first_bad, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync"));
+    SD_RETURN_IF_ERROR(cuda_error(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"));
+    if (first_bad == kNoBadValue) return {};
+    const int64_t image_size = int64_t(io_.classes) * pixels_;
+    const int64_t image = int64_t(first_bad) / image_size, in_image = int64_t(first_bad) % image_size;
+    const bool probabilities = io_.unary_kind == SD_CRF_UNARY_PROBABILITIES;
+    return invalid("unary[", image, ", ", in_image / pixels_, ", ", (in_image % pixels_) / io_.width, ", ",
+                   in_image % io_.width, "] is NaN or infinite", probabilities ? " or negative" : "",
+                   "; the unary must be finite", probabilities ? " and >= 0 for probabilities" : "");
+  }
+
+  Error run() {
+    const bool spatial = spatial_active(p_), bilateral = bilateral_active(p_);
+    if (spatial)
+      SD_RETURN_IF_ERROR(
+          prepare_lattice(w_.spatial, ImageView{nullptr, io_.image_layout, io_.height, io_.width}, p_.spatial_weight));
+    for (int32_t image = 0; image < io_.batch; ++image) {
+      const int64_t image_values = int64_t(io_.classes) * pixels_;
+      SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long)));
+      SD_LAUNCH(load_log_prob_kernel, blocks_for(image_values), io_.unary, io_.unary_dtype, io_.unary_kind,
+                image * image_values, io_.classes, pixels_, w_.log_prob, w_.first_bad);
+      if (bilateral) {
+        const ImageView view{io_.image + int64_t(image) * pixels_ * 3, io_.image_layout, io_.height, io_.width};
+        SD_RETURN_IF_ERROR(prepare_lattice(w_.bilateral, view, p_.bilateral_weight));
+      }
+      Outputs outputs;
+      outputs.probabilities = io_.probabilities ? io_.probabilities + image * image_values : nullptr;
+      outputs.labels = io_.labels ? io_.labels + int64_t(image) * pixels_ : nullptr;
+      outputs.first_bad = w_.first_bad;
+      SD_RETURN_IF_ERROR(slice_softmax({}, {}, p_.iterations == 0 ? outputs : Outputs{}));
+      for (int32_t iteration = 0; iteration < p_.iterations; ++iteration) {
+        SliceSource<kSpatialDims> spatial_source;
+        SliceSource<kBilateralDims> bilateral_source;
+        if (spatial) SD_RETURN_IF_ERROR(filter(w_.spatial, spatial_source));
+        if (bilateral) SD_RETURN_IF_ERROR(filter(w_.bilateral, bilateral_source));
+        SD_RETURN_IF_ERROR(
+            slice_softmax(spatial_source, bilateral_source, iteration + 1 == p_.iterations ? outputs : Outputs{}));
+      }
+    }
+    return {};
+  }
+
+ private:
+  Error memset(void* pointer, int value, size_t bytes) {
+    return cuda_error(cudaMemsetAsync(pointer, value, bytes, stream_), "cudaMemsetAsync");
+  }
+
+  Error scan(const int32_t* in, int32_t* out, int32_t items) {
+    size_t bytes = w_.temp_bytes;
+    return cuda_error(cub::DeviceScan::ExclusiveSum(w_.temp, bytes, in, out, items, stream_), "cub::DeviceScan");
+  }
+
+  // Builds the lattice of the kernel and its weights (the steps of lattice_build.h).
+  template <int D>
+  Error prepare_lattice(DeviceLattice<D>& lattice, const ImageView& image, float potts_weight) {
+    const LatticeArrays<D>& L = lattice.arrays;
+    const int32_t entries = L.entries, slots = int32_t(L.table_mask) + 1;
+    SD_LAUNCH(embed_kernel<D>, blocks_for(pixels_), L, LatticeScale<D>(), image, p_);
+    SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot)));
+    SD_LAUNCH(insert_kernel<D>, blocks_for(entries), L);
+    SD_RETURN_IF_ERROR(memset(lattice.owner_flag + entries, 0, sizeof(int32_t)));
+    SD_LAUNCH(owner_flag_kernel<D>, blocks_for(entries), L, lattice.owner_flag, lattice.entry_index);
+    SD_RETURN_IF_ERROR(scan(lattice.owner_flag, L.owner_rank, entries + 1));
+    SD_LAUNCH(vertex_count_kernel<D>, 1, L);
+    SD_RETURN_IF_ERROR(memset(L.vertex_size, 0, (size_t(entries) + 1) * sizeof(int32_t)));
+    SD_LAUNCH(assign_kernel<D>, blocks_for(entries), L);
+    SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), L);
+    SD_RETURN_IF_ERROR(scan(L.vertex_size, L.segment_start, entries + 1));
+    // Entries grouped by vertex, in entry order within a vertex: a stable sort by vertex.
+    size_t sort_bytes = w_.temp_bytes;
+    SD_RETURN_IF_ERROR(cuda_error(
+        cub::DeviceRadixSort::SortPairs(w_.temp, sort_bytes, L.entry_vertex, lattice.sorted_vertex,
+                                        lattice.entry_index, L.segment_entry, entries, 0, vertex_bits(entries), stream_),
+        "cub::DeviceRadixSort::SortPairs"));
+    SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), L);
+
+    SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t)));
+    SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t)));
+    SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), L, lattice.part_count, lattice.heavy_vertices,
+              lattice.heavy_count);
+    SD_RETURN_IF_ERROR(scan(lattice.part_count, lattice.part_start, entries + 1));
+    SD_LAUNCH(part_vertex_kernel<D>, blocks_for(entries), L, lattice.part_start, lattice.part_vertex,
+              lattice.part_total);
+
+    SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), L, lattice.splat_weight, lattice.splat_pixel);
+    SD_LAUNCH(fill_kernel, blocks_for(pixels_), lattice.pre, pixels_, 1.0f);
+    const float* row_sum = nullptr;
+    SD_RETURN_IF_ERROR(splat_and_blur(lattice, lattice.pre, 1, &row_sum));
+    SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), L, row_sum, p_.normalization, lattice.pre, lattice.post);
+    SD_LAUNCH(weights_kernel<D>, blocks_for(entries), L, lattice.pre, lattice.post, potts_weight,
+              lattice.splat_weight, lattice.splat_pixel, lattice.slice_weight);
+    SD_LAUNCH(zero_sentinel_kernel, 1, L.vertex_count, lattice.values, io_.classes);
+    return {};
+  }
+
+  // Splats rows of `width` floats (q) and blurs them; *result is the buffer holding the result.
+  template <int D>
+  Error splat_and_blur(DeviceLattice<D>& lattice, const float* q, int32_t width, const float** result) {
+    const LatticeArrays<D>& L = lattice.arrays;
+    const int64_t items = (int64_t(L.entries) + 1) * width;
+    const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
+                      lattice.heavy_count};
+    if (width == 1) SD_LAUNCH(zero_sentinel_kernel, 1, L.vertex_count, lattice.values, 1);
+    // The partial sums go to the blur's second buffer, whose sentinel row is then restored.
+    SD_LAUNCH(part_splat_kernel, blocks_for(items), parts, L.segment_start, lattice.splat_weight, lattice.splat_pixel,
+              q, width, lattice.values, lattice.scratch);
+    SD_LAUNCH(heavy_splat_kernel, blocks_for(items), parts, lattice.scratch, width, lattice.values);
+    SD_LAUNCH(zero_sentinel_kernel, 1, L.vertex_count, lattice.scratch, width);
+    float* source = lattice.values;
+    float* target = lattice.scratch;
+    for (int axis = 0; axis <= D; ++axis) {
+      SD_LAUNCH(blur_kernel, blocks_for(items), L.vertex_count, L.neighbors + int64_t(axis) * L.neighbor_stride * 2,
+                source, width, target);
+      std::swap(source, target);
+    }
+    *result = source;
+    return {};
+  }
+
+  template <int D>
+  Error filter(DeviceLattice<D>& lattice, SliceSource<D>& source) {
+    source.entry_vertex = lattice.arrays.entry_vertex;
+    source.slice_weight = lattice.slice_weight;
+    return splat_and_blur(lattice, w_.q, io_.classes, &source.blurred);
+  }
+
+  Error slice_softmax(const SliceSource<kSpatialDims>& spatial, const SliceSource<kBilateralDims>& bilateral,
+                      const Outputs& outputs) {
+    const int blocks = int(std::min<int64_t>((pixels_ + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks));
+    const int per_lane = (io_.classes + 31) / 32;
+    if (per_lane <= 1) SD_LAUNCH(slice_softmax_kernel<1>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    else if (per_lane <= 2) SD_LAUNCH(slice_softmax_kernel<2>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    else if (per_lane <= 4) SD_LAUNCH(slice_softmax_kernel<4>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    else SD_LAUNCH(slice_softmax_kernel<kMaxCudaClasses / 32>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    return {};
+  }
+
+  const sd_crf_params& p_;
+  const sd_crf_io& io_;
+  Layout& w_;
+  cudaStream_t stream_;
+  int32_t pixels_;
+};
+
+}  // namespace
+}  // namespace segdeploy::densecrf
+
+extern "C" int sd_crf_cuda_workspace_bytes(int32_t classes, int32_t height, int32_t width, size_t* bytes) {
+  using namespace segdeploy::densecrf;
+  return segdeploy::report([&]() -> segdeploy::Error {
+    if (bytes == nullptr) return segdeploy::invalid("bytes must not be NULL");
+    SD_RETURN_IF_ERROR(check_size(classes, height, width));
+    Layout layout;
+    SD_RETURN_IF_ERROR(layout.carve(nullptr, classes, height, width));
+    *bytes = layout.bytes;
+    return {};
+  });
+}
+
+extern "C" int sd_crf_cuda(const sd_crf_params* params, const sd_crf_io* io, void* workspace, size_t workspace_bytes,
+                           int check_finite, void* stream) {
+  using namespace segdeploy::densecrf;
+  return segdeploy::report([&]() -> segdeploy::Error {
+    SD_RETURN_IF_ERROR(validate(params, io));
+    if (io->classes > kMaxCudaClasses)
+      return segdeploy::invalid("the CUDA dense CRF takes at most ", kMaxCudaClasses, " classes, got ", io->classes);
+    SD_RETURN_IF_ERROR(check_size(io->classes, io->height, io->width));
+    if (workspace == nullptr) return segdeploy::invalid("workspace must not be NULL");
+    Layout layout;
+    SD_RETURN_IF_ERROR(layout.carve(workspace, io->classes, io->height, io->width));
+    if (workspace_bytes < layout.bytes)
+      return segdeploy::invalid("workspace of ", workspace_bytes, " bytes is too small: sd_crf_cuda_workspace_bytes says ",
+                                layout.bytes);
+    CudaCrf crf(*params, *io, layout, static_cast<cudaStream_t>(stream));
+    if (check_finite) SD_RETURN_IF_ERROR(crf.check_unary_on_host());
+    return crf.run();
+  });
+}

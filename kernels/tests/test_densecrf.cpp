@@ -1,0 +1,395 @@
+// Tests of the dense CRF through its C ABI only (as a C++ robotics stack would use it). Run by
+// CTest, also under AddressSanitizer and UndefinedBehaviorSanitizer (SEGDEPLOY_SANITIZE).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "segdeploy/cuda.h"
+#include "segdeploy/densecrf.h"
+
+namespace {
+
+int failures = 0;
+
+#define EXPECT(condition, ...)                                             \
+  do {                                                                     \
+    if (!(condition)) {                                                    \
+      ++failures;                                                          \
+      std::fprintf(stderr, "%s:%d: expected %s: ", __FILE__, __LINE__, #condition); \
+      std::fprintf(stderr, __VA_ARGS__);                                   \
+      std::fprintf(stderr, "\n");                                          \
+    }                                                                      \
+  } while (0)
+
+// A small scene: left half dark red, right half light blue, a green square; the unary favours
+// the true class (0, 1, 2) with Gaussian noise.
+struct Scene {
+  int32_t classes = 3, height = 24, width = 32;
+  std::vector<uint8_t> image;   // HWC
+  std::vector<float> unary;     // logits, (classes, height, width)
+  std::vector<int32_t> truth;   // (height, width)
+
+  explicit Scene(uint32_t seed = 1) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> noise(0.0f, 1.0f);
+    const int pixels = height * width;
+    image.resize(size_t(pixels) * 3);
+    unary.resize(size_t(classes) * pixels);
+    truth.resize(pixels);
+    for (int y = 0; y < height; ++y)
+      for (int x = 0; x < width; ++x) {
+        const int i = y * width + x;
+        const bool square = x >= 12 && x < 20 && y >= 8 && y < 16;
+        truth[i] = square ? 2 : (x < width / 2 ? 0 : 1);
+        const uint8_t colours[3][3] = {{150, 30, 30}, {90, 160, 230}, {40, 200, 60}};
+        for (int c = 0; c < 3; ++c) image[size_t(i) * 3 + c] = uint8_t(colours[truth[i]][c] + int(noise(rng) * 4));
+        for (int k = 0; k < classes; ++k) unary[size_t(k) * pixels + i] = (k == truth[i] ? 0.6f : 0.0f) + noise(rng);
+      }
+  }
+  int32_t pixels() const { return height * width; }
+};
+
+sd_crf_params default_params() {
+  sd_crf_params p;
+  sd_crf_default_params(&p);
+  return p;
+}
+
+struct Result {
+  int status = -1;
+  std::string error;
+  std::vector<float> probabilities;
+  std::vector<int32_t> labels;
+};
+
+sd_crf_io make_io(const Scene& s, const void* unary, Result& r, int32_t batch = 1) {
+  r.probabilities.assign(size_t(batch) * s.classes * s.pixels(), -1.0f);
+  r.labels.assign(size_t(batch) * s.pixels(), -1);
+  return sd_crf_io{unary, SD_DTYPE_FLOAT32, SD_CRF_UNARY_LOGITS, s.image.data(), SD_IMAGE_HWC, batch, s.classes,
+                   s.height, s.width, r.probabilities.data(), r.labels.data()};
+}
+
+Result run_cpu(const Scene& s, const sd_crf_params& p, const std::function<void(sd_crf_io&)>& adjust = {},
+               int threads = 0) {
+  Result r;
+  sd_crf_io io = make_io(s, s.unary.data(), r);
+  if (adjust) adjust(io);
+  r.status = sd_crf_cpu(&p, &io, threads);
+  r.error = sd_last_error();
+  return r;
+}
+
+std::vector<float> softmax_of_logits(const Scene& s) {
+  std::vector<float> q(s.unary.size());
+  for (int i = 0; i < s.pixels(); ++i) {
+    float largest = -INFINITY, total = 0.0f;
+    for (int k = 0; k < s.classes; ++k) largest = std::max(largest, s.unary[size_t(k) * s.pixels() + i]);
+    for (int k = 0; k < s.classes; ++k) total += std::exp(s.unary[size_t(k) * s.pixels() + i] - largest);
+    for (int k = 0; k < s.classes; ++k)
+      q[size_t(k) * s.pixels() + i] = std::exp(s.unary[size_t(k) * s.pixels() + i] - largest) / total;
+  }
+  return q;
+}
+
+float max_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  float worst = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  return worst;
+}
+
+double error_rate(const std::vector<int32_t>& labels, const std::vector<int32_t>& truth) {
+  size_t wrong = 0;
+  for (size_t i = 0; i < truth.size(); ++i) wrong += labels[i] != truth[i];
+  return double(wrong) / truth.size();
+}
+
+void test_rejects_bad_input() {
+  const Scene s;
+  struct Case {
+    const char* what;
+    std::function<void(sd_crf_params&, sd_crf_io&)> spoil;
+    const char* message_part;
+  };
+  std::vector<float> nan_unary = s.unary;
+  nan_unary[5] = NAN;
+  std::vector<float> inf_unary = s.unary;
+  inf_unary[7] = INFINITY;
+  std::vector<float> negative_probabilities(s.unary.size(), 0.5f);
+  negative_probabilities[3] = -0.1f;
+  const Case cases[] = {
+      {"zero spatial theta", [](sd_crf_params& p, sd_crf_io&) { p.spatial_theta = 0.0f; }, "spatial_theta"},
+      {"negative rgb theta", [](sd_crf_params& p, sd_crf_io&) { p.bilateral_theta_rgb = -3.0f; }, "bilateral_theta_rgb"},
+      {"NaN xy theta", [](sd_crf_params& p, sd_crf_io&) { p.bilateral_theta_xy = NAN; }, "bilateral_theta_xy"},
+      {"negative weight", [](sd_crf_params& p, sd_crf_io&) { p.bilateral_weight = -1.0f; }, "bilateral_weight"},
+      {"negative iterations", [](sd_crf_params& p, sd_crf_io&) { p.iterations = -1; }, "iterations"},
+      {"bad normalisation", [](sd_crf_params& p, sd_crf_io&) { p.normalization = 7; }, "normalization"},
+      {"bad dtype", [](sd_crf_params&, sd_crf_io& io) { io.unary_dtype = 9; }, "unary_dtype"},
+      {"bad kind", [](sd_crf_params&, sd_crf_io& io) { io.unary_kind = 3; }, "unary_kind"},
+      {"bad layout", [](sd_crf_params&, sd_crf_io& io) { io.image_layout = 2; }, "image_layout"},
+      {"zero classes", [](sd_crf_params&, sd_crf_io& io) { io.classes = 0; }, "classes"},
+      {"zero width", [](sd_crf_params&, sd_crf_io& io) { io.width = 0; }, "width"},
+      {"zero batch", [](sd_crf_params&, sd_crf_io& io) { io.batch = 0; }, "batch"},
+      {"no output", [](sd_crf_params&, sd_crf_io& io) { io.probabilities = nullptr, io.labels = nullptr; }, "output"},
+      {"null unary", [](sd_crf_params&, sd_crf_io& io) { io.unary = nullptr; }, "unary"},
+      {"null image", [](sd_crf_params&, sd_crf_io& io) { io.image = nullptr; }, "image"},
+      {"NaN unary", [&](sd_crf_params&, sd_crf_io& io) { io.unary = nan_unary.data(); }, "unary[0, 0, 0, 5]"},
+      {"inf unary", [&](sd_crf_params&, sd_crf_io& io) { io.unary = inf_unary.data(); }, "unary[0, 0, 0, 7]"},
+      {"negative probability",
+       [&](sd_crf_params&, sd_crf_io& io) {
+         io.unary = negative_probabilities.data();
+         io.unary_kind = SD_CRF_UNARY_PROBABILITIES;
+       },
+       ">= 0"},
+      {"huge image", [](sd_crf_params&, sd_crf_io& io) { io.height = 1 << 20, io.width = 1 << 20; }, "too large"},
+  };
+  for (const Case& c : cases) {
+    sd_crf_params p = default_params();
+    Result r;
+    sd_crf_io io = make_io(s, s.unary.data(), r);
+    c.spoil(p, io);
+    const int status = sd_crf_cpu(&p, &io, 0);
+    const std::string error = sd_last_error();
+    EXPECT(status == SD_ERROR_INVALID_ARGUMENT, "%s: status %d", c.what, status);
+    EXPECT(error.find(c.message_part) != std::string::npos, "%s: message '%s' lacks '%s'", c.what, error.c_str(),
+           c.message_part);
+  }
+  EXPECT(sd_crf_cpu(nullptr, nullptr, 0) == SD_ERROR_INVALID_ARGUMENT, "NULL params");
+  Result r;
+  const sd_crf_params p = default_params();
+  sd_crf_io io = make_io(s, s.unary.data(), r);
+  EXPECT(sd_crf_cpu(&p, &io, -2) == SD_ERROR_INVALID_ARGUMENT, "negative thread count");
+  EXPECT(sd_crf_cpu(&p, &io, 0) == SD_OK && std::string(sd_last_error()).empty(), "a good call clears the error");
+}
+
+void test_no_pairwise_term_gives_softmax() {
+  const Scene s;
+  const std::vector<float> expected = softmax_of_logits(s);
+  sd_crf_params zero_iterations = default_params();
+  zero_iterations.iterations = 0;
+  sd_crf_params zero_weights = default_params();
+  zero_weights.spatial_weight = zero_weights.bilateral_weight = 0.0f;
+  for (const sd_crf_params& p : {zero_iterations, zero_weights}) {
+    const Result r = run_cpu(s, p);
+    EXPECT(r.status == SD_OK, "%s", r.error.c_str());
+    EXPECT(max_difference(r.probabilities, expected) < 1e-6f, "max |Q - softmax| = %g",
+           max_difference(r.probabilities, expected));
+  }
+}
+
+void test_probabilities_are_distributions() {
+  const Scene s;
+  for (int32_t normalization : {SD_CRF_NORMALIZE_SYMMETRIC, SD_CRF_NORMALIZE_AFTER}) {
+    sd_crf_params p = default_params();
+    p.normalization = normalization;
+    const Result r = run_cpu(s, p);
+    EXPECT(r.status == SD_OK, "%s", r.error.c_str());
+    float worst_sum = 0.0f, smallest = 1.0f;
+    for (int i = 0; i < s.pixels(); ++i) {
+      float sum = 0.0f;
+      int best = 0;
+      for (int k = 0; k < s.classes; ++k) {
+        const float q = r.probabilities[size_t(k) * s.pixels() + i];
+        smallest = std::min(smallest, q);
+        sum += q;
+        if (q > r.probabilities[size_t(best) * s.pixels() + i]) best = k;
+      }
+      worst_sum = std::max(worst_sum, std::fabs(sum - 1.0f));
+      EXPECT(r.labels[i] == best, "label %d is not the arg max %d at pixel %d", r.labels[i], best, i);
+    }
+    EXPECT(smallest >= 0.0f && worst_sum < 1e-5f, "min Q %g, worst |sum - 1| %g", smallest, worst_sum);
+  }
+}
+
+void test_unary_conventions_agree() {
+  const Scene s;
+  const sd_crf_params p = default_params();
+  const Result logits = run_cpu(s, p);
+  // A per-pixel constant changes nothing; U = -logits gives the same as the logits.
+  std::vector<float> shifted = s.unary, negated(s.unary.size()), probabilities = softmax_of_logits(s);
+  for (int i = 0; i < s.pixels(); ++i)
+    for (int k = 0; k < s.classes; ++k) shifted[size_t(k) * s.pixels() + i] += 3.0f * (i % 7) - 5.0f;
+  for (size_t i = 0; i < negated.size(); ++i) negated[i] = -s.unary[i];
+  const Result from_shifted = run_cpu(s, p, [&](sd_crf_io& io) { io.unary = shifted.data(); });
+  const Result from_energy = run_cpu(s, p, [&](sd_crf_io& io) {
+    io.unary = negated.data();
+    io.unary_kind = SD_CRF_UNARY_NEG_LOG_PROB;
+  });
+  const Result from_probabilities = run_cpu(s, p, [&](sd_crf_io& io) {
+    io.unary = probabilities.data();
+    io.unary_kind = SD_CRF_UNARY_PROBABILITIES;
+  });
+  EXPECT(max_difference(logits.probabilities, from_shifted.probabilities) < 1e-5f, "shifted: %g",
+         max_difference(logits.probabilities, from_shifted.probabilities));
+  EXPECT(max_difference(logits.probabilities, from_energy.probabilities) < 1e-6f, "energy: %g",
+         max_difference(logits.probabilities, from_energy.probabilities));
+  EXPECT(max_difference(logits.probabilities, from_probabilities.probabilities) < 1e-5f, "probabilities: %g",
+         max_difference(logits.probabilities, from_probabilities.probabilities));
+}
+
+uint16_t float_to_half(float value) {  // round to nearest even; |value| < 2^-14 becomes 0
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const int exponent = int((bits >> 23) & 0xff) - 127 + 15;
+  if (exponent <= 0) return uint16_t(sign);
+  uint32_t mantissa = bits & 0x7fffffu;
+  uint32_t half = sign | (uint32_t(exponent) << 10) | (mantissa >> 13);
+  const uint32_t rest = mantissa & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;
+  return uint16_t(half);
+}
+
+void test_layouts_dtypes_and_batches_agree() {
+  const Scene s;
+  const sd_crf_params p = default_params();
+  const Result reference = run_cpu(s, p);
+
+  std::vector<uint8_t> planar(s.image.size());
+  for (int i = 0; i < s.pixels(); ++i)
+    for (int c = 0; c < 3; ++c) planar[size_t(c) * s.pixels() + i] = s.image[size_t(i) * 3 + c];
+  const Result chw = run_cpu(s, p, [&](sd_crf_io& io) {
+    io.image = planar.data();
+    io.image_layout = SD_IMAGE_CHW;
+  });
+  EXPECT(max_difference(reference.probabilities, chw.probabilities) == 0.0f, "CHW differs by %g",
+         max_difference(reference.probabilities, chw.probabilities));
+
+  std::vector<uint16_t> halves(s.unary.size());
+  for (size_t i = 0; i < halves.size(); ++i) halves[i] = float_to_half(s.unary[i]);
+  const Result half = run_cpu(s, p, [&](sd_crf_io& io) {
+    io.unary = halves.data();
+    io.unary_dtype = SD_DTYPE_FLOAT16;
+  });
+  EXPECT(half.status == SD_OK, "%s", half.error.c_str());
+  EXPECT(max_difference(reference.probabilities, half.probabilities) < 5e-3f, "float16 differs by %g",
+         max_difference(reference.probabilities, half.probabilities));
+
+  // A batch of two: the second image is the first mirrored, its unary too.
+  std::vector<uint8_t> images(s.image);
+  std::vector<float> unaries(s.unary);
+  Scene mirrored = s;
+  for (int y = 0; y < s.height; ++y)
+    for (int x = 0; x < s.width; ++x) {
+      const int i = y * s.width + x, j = y * s.width + (s.width - 1 - x);
+      for (int c = 0; c < 3; ++c) mirrored.image[size_t(i) * 3 + c] = s.image[size_t(j) * 3 + c];
+      for (int k = 0; k < s.classes; ++k) mirrored.unary[size_t(k) * s.pixels() + i] = s.unary[size_t(k) * s.pixels() + j];
+    }
+  images.insert(images.end(), mirrored.image.begin(), mirrored.image.end());
+  unaries.insert(unaries.end(), mirrored.unary.begin(), mirrored.unary.end());
+  Result batch;
+  sd_crf_io io = make_io(s, unaries.data(), batch, 2);
+  io.image = images.data();
+  EXPECT(sd_crf_cpu(&p, &io, 0) == SD_OK, "%s", sd_last_error());
+  const Result second = run_cpu(mirrored, p);
+  const std::vector<float> first_half(batch.probabilities.begin(), batch.probabilities.begin() + reference.probabilities.size());
+  const std::vector<float> second_half(batch.probabilities.begin() + reference.probabilities.size(), batch.probabilities.end());
+  EXPECT(max_difference(first_half, reference.probabilities) == 0.0f, "batch image 0 differs");
+  EXPECT(max_difference(second_half, second.probabilities) == 0.0f, "batch image 1 differs");
+}
+
+void test_permuting_classes_permutes_q() {
+  const Scene s;
+  const sd_crf_params p = default_params();
+  const Result reference = run_cpu(s, p);
+  const int order[3] = {2, 0, 1};
+  std::vector<float> permuted(s.unary.size());
+  for (int k = 0; k < s.classes; ++k)
+    std::copy_n(s.unary.begin() + size_t(order[k]) * s.pixels(), s.pixels(), permuted.begin() + size_t(k) * s.pixels());
+  const Result r = run_cpu(s, p, [&](sd_crf_io& io) { io.unary = permuted.data(); });
+  float worst = 0.0f;
+  for (int k = 0; k < s.classes; ++k)
+    for (int i = 0; i < s.pixels(); ++i)
+      worst = std::max(worst, std::fabs(r.probabilities[size_t(k) * s.pixels() + i] -
+                                        reference.probabilities[size_t(order[k]) * s.pixels() + i]));
+  EXPECT(worst < 1e-6f, "permuted classes differ by %g", worst);
+}
+
+void test_crf_lowers_the_error_rate() {
+  const Scene s;
+  sd_crf_params p = default_params();
+  p.bilateral_theta_xy = 20.0f;
+  p.bilateral_theta_rgb = 10.0f;
+  p.iterations = 0;
+  const Result before = run_cpu(s, p);
+  p.iterations = 10;
+  const Result after = run_cpu(s, p);
+  const double before_rate = error_rate(before.labels, s.truth), after_rate = error_rate(after.labels, s.truth);
+  EXPECT(after_rate < 0.5 * before_rate, "error rate %.3f -> %.3f", before_rate, after_rate);
+}
+
+// Noise with a small colour θ gives more lattice vertices than pixels: the hash table must grow.
+// The result does not depend on the thread count.
+void test_large_lattice_and_thread_count() {
+  Scene s;
+  std::mt19937 rng(7);
+  for (uint8_t& v : s.image) v = uint8_t(rng() & 0xff);
+  sd_crf_params p = default_params();
+  p.bilateral_theta_rgb = 0.5f;
+  const Result one = run_cpu(s, p, {}, 1), two = run_cpu(s, p, {}, 2), three = run_cpu(s, p, {}, 3);
+  EXPECT(one.status == SD_OK, "%s", one.error.c_str());
+  EXPECT(max_difference(one.probabilities, two.probabilities) == 0.0f, "1 vs 2 threads: %g",
+         max_difference(one.probabilities, two.probabilities));
+  EXPECT(max_difference(one.probabilities, three.probabilities) == 0.0f, "1 vs 3 threads: %g",
+         max_difference(one.probabilities, three.probabilities));
+}
+
+void test_cuda_matches_cpu() {
+  if (sd_cuda_device_count() == 0) {
+    std::printf("skipped CUDA vs CPU: no CUDA device (built with CUDA: %d)\n", sd_built_with_cuda());
+    return;
+  }
+  const Scene s;
+  const sd_crf_params p = default_params();
+  const Result cpu = run_cpu(s, p);
+  size_t workspace_bytes = 0;
+  EXPECT(sd_crf_cuda_workspace_bytes(s.classes, s.height, s.width, &workspace_bytes) == SD_OK, "%s", sd_last_error());
+  void *workspace = nullptr, *unary = nullptr, *image = nullptr, *probabilities = nullptr, *labels = nullptr;
+  const size_t unary_bytes = s.unary.size() * sizeof(float), label_bytes = size_t(s.pixels()) * sizeof(int32_t);
+  EXPECT(sd_cuda_set_device(0) == SD_OK, "%s", sd_last_error());
+  for (auto [pointer, bytes] : {std::pair{&workspace, workspace_bytes}, {&unary, unary_bytes}, {&image, s.image.size()},
+                                {&probabilities, unary_bytes}, {&labels, label_bytes}})
+    EXPECT(sd_cuda_malloc(bytes, pointer) == SD_OK, "%s", sd_last_error());
+  sd_cuda_memcpy(unary, s.unary.data(), unary_bytes);
+  sd_cuda_memcpy(image, s.image.data(), s.image.size());
+  const sd_crf_io io{unary, SD_DTYPE_FLOAT32, SD_CRF_UNARY_LOGITS, static_cast<uint8_t*>(image), SD_IMAGE_HWC, 1,
+                     s.classes, s.height, s.width, static_cast<float*>(probabilities), static_cast<int32_t*>(labels)};
+  EXPECT(sd_crf_cuda(&p, &io, workspace, workspace_bytes, 1, nullptr) == SD_OK, "%s", sd_last_error());
+  Result gpu;
+  gpu.probabilities.resize(s.unary.size());
+  gpu.labels.resize(s.pixels());
+  EXPECT(sd_cuda_memcpy(gpu.probabilities.data(), probabilities, unary_bytes) == SD_OK, "%s", sd_last_error());
+  EXPECT(sd_cuda_memcpy(gpu.labels.data(), labels, label_bytes) == SD_OK, "%s", sd_last_error());
+  EXPECT(max_difference(cpu.probabilities, gpu.probabilities) < 1e-4f, "CUDA vs CPU: max |dQ| %g",
+         max_difference(cpu.probabilities, gpu.probabilities));
+  EXPECT(error_rate(gpu.labels, cpu.labels) < 5e-3, "CUDA vs CPU labels differ at %.4f", error_rate(gpu.labels, cpu.labels));
+
+  std::vector<float> nan_unary = s.unary;
+  nan_unary[11] = NAN;
+  sd_cuda_memcpy(unary, nan_unary.data(), unary_bytes);
+  EXPECT(sd_crf_cuda(&p, &io, workspace, workspace_bytes, 1, nullptr) == SD_ERROR_INVALID_ARGUMENT, "NaN on the GPU");
+  EXPECT(std::string(sd_last_error()).find("unary[0, 0, 0, 11]") != std::string::npos, "%s", sd_last_error());
+  EXPECT(sd_crf_cuda(&p, &io, workspace, workspace_bytes - 1024, 1, nullptr) == SD_ERROR_INVALID_ARGUMENT,
+         "small workspace");
+  for (void* pointer : {workspace, unary, image, probabilities, labels}) sd_cuda_free(pointer);
+}
+
+}  // namespace
+
+int main() {
+  test_rejects_bad_input();
+  test_no_pairwise_term_gives_softmax();
+  test_probabilities_are_distributions();
+  test_unary_conventions_agree();
+  test_layouts_dtypes_and_batches_agree();
+  test_permuting_classes_permutes_q();
+  test_crf_lowers_the_error_rate();
+  test_large_lattice_and_thread_count();
+  test_cuda_matches_cpu();
+  if (failures == 0) std::printf("all dense CRF tests passed\n");
+  return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,285 @@
+"""TensorRT loaders: import, plugins, build (through Polygraphy's loaders) and deserialization.
+
+Supported releases and the API each path uses:
+
+* 8.5 / 8.6: ``EXPLICIT_BATCH`` networks (Polygraphy sets the flag below 10), FP16/INT8
+  builder flags, name-based I/O (``num_io_tensors``, ``get_tensor_name``, ``set_input_shape``,
+  ``set_tensor_address``, ``execute_async_v3``), ``build_serialized_network``.
+* 10.x: the same runtime API; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; no precision
+  flags; ``IProgressMonitor`` for build progress; plugin libraries may also export
+  ``getCreators`` for ``IPluginRegistry.load_library``.
+* 11.x: networks are always strongly typed (no flag), weak-typing builder flags are gone;
+  ``device_memory_size_v2`` replaces ``device_memory_size``.
+
+The build itself is Polygraphy's ``NetworkFromOnnxPath`` -> ``CreateConfig`` ->
+``EngineBytesFromNetwork`` (which merges and saves the timing cache); segdeploy adds the
+version rules, DLA placement and progress reporting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import sys
+import time
+from pathlib import Path
+
+from ...errors import MissingDependencyError, SegdeployError
+
+
+class TensorRTMissingError(MissingDependencyError):
+    """TensorRT's Python package is not importable (exit 2)."""
+
+    def __init__(self, detail: str = ""):
+        SegdeployError.__init__(
+            self,
+            "TensorRT is not installed: its Python package (import tensorrt) is missing"
+            + (f" ({detail})" if detail else "")
+            + ". On a Jetson it comes with JetPack (apt install python3-libnvinfer; use a venv made with "
+            "--system-site-packages); on a desktop: pip install tensorrt",
+        )
+        self.package = "tensorrt"
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTMissingError(str(exc) if "tensorrt" not in str(exc) else "") from None
+    return trt
+
+
+def tensorrt_version() -> tuple[int, ...]:
+    from ...engine import parse_version
+
+    return parse_version(import_tensorrt().__version__)
+
+
+@contextlib.contextmanager
+def polygraphy_errors(what: str):
+    """Polygraphy logs to stdout and raises PolygraphyException: send its log to stderr, re-raise ours."""
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.WARNING), contextlib.redirect_stdout(sys.stderr):
+            yield
+    except PolygraphyException as exc:
+        lines = str(exc).strip().splitlines()
+        raise SegdeployError(f"{what} failed: {lines[-1] if lines else type(exc).__name__}") from None
+
+
+_REGISTERED: dict[str, object] = {}
+
+
+def load_plugins(libraries) -> list[str]:
+    """Register plugin libraries with TensorRT (before parsing or deserializing), once per process.
+
+    A library exporting ``getCreators`` (segdeploy's, kernels/trt_plugin) goes through
+    ``IPluginRegistry.load_library`` (TensorRT >= 10); one registering its creators statically
+    (REGISTER_TENSORRT_PLUGIN) is registered by loading it.
+    """
+    trt = import_tensorrt()
+    trt.init_libnvinfer_plugins(_logger(), "")
+    loaded = []
+    for library in libraries:
+        library = Path(library)
+        if not library.is_file():
+            raise SegdeployError(f"the TensorRT plugin library {library} does not exist; build it from kernels/ where "
+                                 "TensorRT's headers are installed, or point SEGDEPLOY_TRT_PLUGIN_LIB at it")
+        path = str(library.resolve())
+        if path not in _REGISTERED:
+            try:
+                handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                raise SegdeployError(f"the TensorRT plugin library {path} could not be loaded: {exc}") from None
+            registry = trt.get_plugin_registry()
+            if hasattr(handle, "getCreators") and hasattr(registry, "load_library"):
+                _REGISTERED[path] = registry.load_library(path)
+                if _REGISTERED[path] is None:
+                    raise SegdeployError(f"TensorRT's plugin registry refused {path} (its log above says why)")
+            else:
+                _REGISTERED[path] = handle
+        loaded.append(path)
+    return loaded
+
+
+@functools.cache
+def _logger():
+    from polygraphy.backend.trt import util as trt_util
+
+    return trt_util.get_trt_logger()
+
+
+def _progress_monitor(progress):
+    """An IProgressMonitor forwarding phase/step messages (TensorRT >= 10), or None."""
+    trt = import_tensorrt()
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.steps = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.steps[phase_name] = num_steps
+            progress(f"building: {phase_name}")
+
+        def step_complete(self, phase_name, step):
+            total = self.steps.get(phase_name)
+            if total and total > 1:
+                progress(f"building: {phase_name} {step + 1}/{total}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            self.steps.pop(phase_name, None)
+
+    return Monitor()
+
+
+def build_serialized_engine(plan, progress=lambda message: None):
+    """(serialized engine, build seconds) for a :class:`segdeploy.engine.BuildPlan`."""
+    trt = import_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    if plan.plugins:
+        progress(f"loading plugins: {', '.join(p.name for p in plan.plugins)}")
+        load_plugins(plan.plugins)
+    profile = Profile()
+    for name, shapes in plan.profiles.items():
+        profile.add(name, shapes.min, shapes.opt, shapes.max)
+    flags = plan.precision_flags
+    monitor = _progress_monitor(progress)
+    options = {
+        "fp16": "fp16" in flags,
+        "int8": "int8" in flags,
+        "tf32": False,
+        "profiles": [profile],
+        "load_timing_cache": str(plan.timing_cache) if plan.timing_cache else None,
+    }
+    if plan.workspace_mib:
+        options["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(plan.workspace_mib) << 20}
+    if plan.opt_level is not None:
+        options["builder_optimization_level"] = plan.opt_level
+    if plan.version_compatible:
+        options["version_compatible"] = True
+    if plan.hardware_compat:
+        options["hardware_compatibility_level"] = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if monitor is not None:
+        options["progress_monitor"] = monitor
+
+    network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=plan.strong_typing == "flag")
+    config = CreateConfig(**options)
+    if plan.dla_core is not None:
+        config = _on_dla(config, plan.dla_core, plan.gpu_fallback)
+    progress(f"parsing {plan.onnx_path.name} and building ({plan.precision}, TensorRT {trt.__version__})")
+    started = time.perf_counter()
+    with polygraphy_errors("the TensorRT build"):
+        serialized = EngineBytesFromNetwork(network, config, save_timing_cache=str(plan.timing_cache) if plan.timing_cache else None)()
+    seconds = time.perf_counter() - started
+    if serialized is None:
+        raise SegdeployError("the TensorRT build returned no engine; its log above says why")
+    return serialized, seconds
+
+
+def _on_dla(create_config, core: int, gpu_fallback: bool):
+    """A config loader that places layers on DLA core ``core`` (GPU fallback optional)."""
+    trt = import_tensorrt()
+
+    def configure(builder, network):
+        config = create_config(builder, network)
+        if getattr(builder, "num_DLA_cores", 0) <= core:
+            raise SegdeployError(f"--dla-core {core}: this device has {getattr(builder, 'num_DLA_cores', 0)} DLA core(s)")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = core
+        if gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        return config
+
+    return configure
+
+
+def deserialize(engine_bytes, plugins=()):
+    """(ICudaEngine, IRuntime) from serialized bytes (plugins loaded first)."""
+    trt = import_tensorrt()
+    if plugins:
+        load_plugins(plugins)
+    else:
+        trt.init_libnvinfer_plugins(_logger(), "")
+    runtime = trt.Runtime(_logger())
+    with contextlib.suppress(AttributeError):
+        runtime.engine_host_code_allowed = True  # version-compatible engines carry their lean runtime
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise SegdeployError("TensorRT could not deserialize the engine (its log above says why)")
+    return engine, runtime  # the runtime must outlive the engine: callers keep both
+
+
+def engine_io(engine_and_runtime) -> list[dict]:
+    """Each I/O tensor: name, mode, dtype, shape (-1 where dynamic) and, for inputs, the profile-0 range."""
+    trt = import_tensorrt()
+    engine = engine_and_runtime[0] if isinstance(engine_and_runtime, tuple) else engine_and_runtime
+    tensors = []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        entry = {
+            "name": name,
+            "mode": "input" if is_input else "output",
+            "dtype": _dtype_name(engine.get_tensor_dtype(name)),
+            "shape": list(engine.get_tensor_shape(name)),
+        }
+        if is_input:
+            low, opt, high = engine.get_tensor_profile_shape(name, 0)
+            entry["profile"] = {"min": list(low), "opt": list(opt), "max": list(high)}
+        tensors.append(entry)
+    return tensors
+
+
+def _dtype_name(dtype) -> str:
+    import numpy as np
+
+    trt = import_tensorrt()
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except (TypeError, KeyError):
+        return str(dtype).rsplit(".", 1)[-1].lower()
+
+
+def runtime_info(cuda=None) -> dict:
+    """This machine as engine.json records it: TensorRT and CUDA versions, GPU, Jetson release."""
+    from ...engine import jetpack_release
+    from ...jetson import is_jetson, l4t_release
+    from .cuda import cuda_api
+
+    trt = import_tensorrt()
+    api = cuda or cuda_api()
+    try:
+        device = api.device_info()
+    finally:
+        if cuda is None:
+            api.close()
+    info = {
+        "tensorrt": trt.__version__,
+        "cuda": {"runtime": device.pop("cuda_runtime"), "driver": device.pop("cuda_driver"), "driver_version": _driver_version()},
+        "gpu": device,
+        "jetson": None,
+    }
+    if is_jetson():
+        l4t = l4t_release()
+        info["jetson"] = {"l4t": l4t, "jetpack": jetpack_release(l4t)}
+    return info
+
+
+def _driver_version() -> str | None:
+    """The kernel driver's version (``580.159.04``), where /proc tells it (desktop drivers)."""
+    import re
+
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module(?: for \w+)?\s+([\d.]+)", text)
+    return match.group(1) if match else None

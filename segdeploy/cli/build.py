@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import click
+
+from .common import echo_json, json_option, progress_status
+
+
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Engine precision; must be the artifact's (build fp16/int8 from the fp16/int8 artifact). Default: the artifact's.")
+@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10 or trt11 (sets the TensorRT release's rules). Default: the artifact's.")
+@click.option("--batch", metavar="N|MIN:OPT:MAX", help="Batch range of the profile: N means 1..N tuned for N.  [default: 1]")
+@click.option("--min", "min_shape", metavar="NxCxHxW|HxW", help="Smallest input shape of the profile.")
+@click.option("--opt", "opt_shape", metavar="NxCxHxW|HxW", help="Shape TensorRT tunes for. Default: the manifest's input size.")
+@click.option("--max", "max_shape", metavar="NxCxHxW|HxW", help="Largest input shape of the profile.")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(1), metavar="MiB", help="Workspace memory pool limit. Default: TensorRT's.")
+@click.option("--dla-core", type=click.IntRange(0), metavar="N", help="Run on DLA core N (Jetson Xavier/Orin; fp16/int8, fixed shapes).")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache to reuse and update.  [default: ~/.cache/segdeploy/tensorrt/]")
+@click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level 0-5 (TensorRT >= 8.6). Default: TensorRT's (3).")
+@click.option("--version-compatible", is_flag=True, help="Engine runs on this and newer TensorRT releases (TensorRT >= 8.6).")
+@click.option("--hardware-compat", is_flag=True, help="Engine runs on any Ampere or newer desktop GPU (TensorRT >= 8.6).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Folder for model.engine and engine.json. Default: ARTIFACT.")
+@click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command and exit, without building.")
+@json_option
+def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, workspace_mib, dla_core, gpu_fallback,
+          timing_cache, opt_level, version_compatible, hardware_compat, output, print_trtexec, as_json):
+    """Build a TensorRT engine from ARTIFACT (an export/fp16/quantize folder).
+
+    Writes OUTPUT/model.engine - the plain serialized plan, which trtexec and C++ load
+    untouched - and OUTPUT/engine.json: TensorRT/CUDA versions, GPU, Jetson release,
+    precision, profile, I/O tensors, classes, normalisation and sha256s. The graph is linted
+    for the target first. TensorRT 10 builds strongly typed networks (11 always does), so the
+    artifact's ONNX types are the precision; TensorRT 8.x gets the FP16/INT8 builder flags.
+    segdeploy custom nodes (the dense CRF) load segdeploy's plugin library first. The timing
+    cache is kept and reused between builds.
+
+    Without TensorRT's Python package this exits 2 and prints the equivalent trtexec command
+    (on a Jetson: /usr/src/tensorrt/bin/trtexec); --print-trtexec prints it in any case.
+
+    \b
+    Examples:
+      segdeploy build artifacts/deeplabv3plus --target trt11 --batch 4
+      segdeploy build out_fp16 --target jetpack6.2 --opt 512x1024 --timing-cache orin.cache
+      segdeploy build out_int8 --target jetpack6.2 --dla-core 0 --gpu-fallback
+      segdeploy build out --min 1x3x256x256 --opt 1x3x512x512 --max 4x3x1024x1024
+      segdeploy build out --target jetpack6.0 --print-trtexec
+    """
+    from ..backend.trt.loader import TensorRTMissingError, import_tensorrt
+    from ..engine import build_engine, format_shape, plan_build
+
+    plan = plan_build(
+        artifact, precision=precision, target=target, batch=batch, min_shape=min_shape, opt_shape=opt_shape,
+        max_shape=max_shape, output=output, workspace_mib=workspace_mib, dla_core=dla_core, gpu_fallback=gpu_fallback,
+        timing_cache=timing_cache, opt_level=opt_level, version_compatible=version_compatible,
+        hardware_compat=hardware_compat, require_plugins=not print_trtexec,
+    )
+    for finding in plan.lint:
+        if finding.severity == "warning":
+            click.echo(f"lint {finding}", err=True)
+    if print_trtexec:
+        _print_trtexec(plan, as_json)
+        return
+    try:
+        import_tensorrt()
+    except TensorRTMissingError:
+        _print_trtexec(plan, as_json)
+        click.echo("TensorRT's Python package is not installed here: the trtexec command above builds the same "
+                   "engine (on a Jetson: /usr/src/tensorrt/bin/trtexec).", err=True)
+        raise
+    with progress_status(not as_json) as progress:
+        manifest = build_engine(plan, progress)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        echo_json(manifest)
+        return
+    profile = plan.profile
+    click.echo(f"built {plan.engine_path} ({manifest['engine']['bytes'] / 1e6:.1f} MB) in "
+               f"{manifest['engine']['build_seconds']:.1f} s: {plan.precision}, TensorRT {manifest['tensorrt']['version']}, "
+               f"{(manifest.get('gpu') or {}).get('name')}, profile {format_shape(profile.min)} .. {format_shape(profile.max)} "
+               f"(opt {format_shape(profile.opt)})")
+    click.echo(f"wrote {plan.engine_manifest_path}; timing cache {plan.timing_cache}")
+    click.echo(f"check it: segdeploy verify {plan.output_dir}")
+
+
+def _print_trtexec(plan, as_json: bool) -> None:
+    from ..trtexec import format_command, trtexec_args
+
+    args = trtexec_args(plan)
+    if as_json:
+        echo_json({"trtexec": args, "command": format_command(args, multiline=False), "engine": str(plan.engine_path)})
+    else:
+        click.echo(format_command(args))
+    if plan.plugins and not plan.plugins[0].is_file():
+        click.echo(f"warning: the plugin library {plan.plugins[0]} does not exist yet; build it from kernels/ first", err=True)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import click
+
+from .common import echo_json, json_option, progress_status
+
+
+@click.command()
+@click.argument("engine", type=click.Path())
+@click.option("--onnx", "onnx_path", type=click.Path(), help="The FP32 ONNX to compare with. Default: the one engine.json names.")
+@click.option("--images", type=click.Path(file_okay=False), help="Folder of images to run (resized to the profile's opt size). Default: generated pictures.")
+@click.option("--count", type=click.IntRange(1), default=8, show_default=True, help="At most this many images from --images.")
+@click.option("--shape", "shapes", multiple=True, metavar="NxCxHxW",
+              help="Input shape of the generated pictures, repeatable. Default: the profile's opt, min and max.")
+@click.option("--max-abs-diff", type=float, help="Largest allowed |engine - onnx|. Default by precision: fp32 1e-3, fp16 0.5, int8 5.")
+@click.option("--min-agreement", type=float, help="Smallest allowed argmax agreement (0..1). Default by precision: fp32 0.9999, fp16 0.99, int8 0.98.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated pictures.")
+@json_option
+def verify(engine, onnx_path, images, count, shapes, max_abs_diff, min_agreement, seed, as_json):
+    """Check a TensorRT ENGINE against the FP32 ONNX it was built from.
+
+    ENGINE is a model.engine file or the folder holding it and its engine.json. The engine
+    (TensorRT) and the FP32 ONNX (ONNX Runtime, CPU) run on the same inputs - images from a
+    folder, or generated pictures at the profile's shapes - and their logits are compared:
+    max |Δ| and argmax agreement against thresholds. Exits 1 when a threshold is missed.
+    The engine's sha256, TensorRT version and GPU are checked before it is loaded.
+
+    \b
+    Examples:
+      segdeploy verify artifacts/deeplabv3plus
+      segdeploy verify out_fp16/model.engine --images val/ --count 16
+      segdeploy verify out_int8 --min-agreement 0.99 --json
+    """
+    from ..engine import default_thresholds, parse_shape, raise_for_verification, resolve_engine, verify_engine
+
+    _, manifest = resolve_engine(engine)
+    thresholds = default_thresholds(manifest.get("precision", "fp32"), max_abs_diff, min_agreement)
+    parsed = [parse_shape(s, "--shape") for s in shapes] or None
+    if parsed and any(len(s) != 4 for s in parsed):
+        raise click.BadParameter("give full NxCxHxW shapes", param_hint="--shape")
+    with progress_status(not as_json) as progress:
+        report = verify_engine(engine, onnx=onnx_path, images=images, count=count, shapes=parsed, thresholds=thresholds,
+                               seed=seed, progress=progress)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        _print(report)
+    raise_for_verification(report)
+
+
+def _print(report) -> None:
+    from ..engine import format_shape
+
+    t = report.thresholds
+    click.echo(f"{report.engine} ({report.precision}) vs {report.reference} (ONNX Runtime, FP32); "
+               f"limits: max |Δ| <= {t.max_abs_diff:g}, argmax agreement >= {t.min_agreement:.2%}")
+    for r in report.results:
+        mark = "ok  " if r.passed else "FAIL"
+        click.echo(f"  {mark} {format_shape(r.shape):>16}  max |Δ| {r.max_abs_diff:.3g}  mean |Δ| {r.mean_abs_diff:.3g}  "
+                   f"agreement {r.argmax_agreement:.4%}  classes seen {r.reference_classes_seen}")
+    click.echo("passed" if report.passed else "failed")

@@ -1,0 +1,121 @@
+"""The dense CRF as an ONNX node after a segmentation network's logits.
+
+:func:`append_crf_node` adds an ``image`` input and a ``DenseCRF`` node (domain
+``ai.onnx.contrib``) that turns the logits into refined probabilities and int32 labels. Two
+runtimes execute that node with the kernels of :mod:`segdeploy.crf` (Krähenbühl & Koltun 2011):
+
+* ONNX Runtime, on the CPU: :func:`register_crf_ort` registers the op with a
+  ``SessionOptions``. It is an onnxruntime-extensions Python op that calls the C kernel
+  (ONNX Runtime's C API headers ship in no PyPI or Debian package, so a native custom-op
+  library cannot be built from the registries this project installs from).
+* TensorRT: the ONNX parser maps the node, by its op type, to the ``DenseCRF`` IPluginV3 plugin
+  of ``kernels/trt_plugin`` (built from the same CUDA code when TensorRT headers are found),
+  which reads the same attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import onnx
+from onnx import TensorProto, helper
+
+from .crf import CRFParams, dense_crf
+from .errors import BadInputError, MissingDependencyError
+
+CRF_DOMAIN = "ai.onnx.contrib"
+CRF_OP_TYPE = "DenseCRF"
+_FLOAT_ATTRIBUTES = ("spatial_weight", "spatial_theta", "bilateral_weight", "bilateral_theta_xy", "bilateral_theta_rgb")
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list:
+    """The tensor's dimensions as ints or symbolic names (None where unknown)."""
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", image_name: str = "image",
+                    image_layout: str = "hwc", unary_kind: str = "logits", probabilities_name: str = "probabilities",
+                    labels_name: str = "labels", keep_logits: bool = False, **crf_params) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose ``logits_name`` output feeds a DenseCRF node.
+
+    The new input ``image_name`` is uint8 RGB, (N, H, W, 3) for ``image_layout="hwc"`` or
+    (N, 3, H, W) for ``"chw"``, with N, H, W taken from the logits (N, C, H, W). The outputs
+    become ``probabilities_name`` (float32, like the logits) and ``labels_name`` (int32,
+    (N, H, W)); ``keep_logits`` keeps the logits output too. ``crf_params`` are
+    :class:`~segdeploy.crf.CRFParams` fields (DeepLab v2's by default); ``unary_kind`` says what
+    the logits output holds (see :mod:`segdeploy.crf`).
+    """
+    params = dataclasses.replace(CRFParams(), **crf_params)
+    params.to_c()  # validates the normalisation and the iteration count
+    if image_layout not in ("hwc", "chw"):
+        raise BadInputError(f"image_layout must be 'hwc' or 'chw', got {image_layout!r}")
+    if unary_kind not in ("logits", "probabilities", "neg_log_prob"):
+        raise BadInputError(f"unary_kind must be logits, probabilities or neg_log_prob, got {unary_kind!r}")
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    outputs = {output.name: output for output in graph.output}
+    if logits_name not in outputs:
+        raise BadInputError(f"the model has no output named {logits_name!r}; its outputs are {sorted(outputs)}")
+    taken = {value.name for value in graph.input} | set(outputs) | {name for node in graph.node for name in node.output}
+    for name in (image_name, probabilities_name, labels_name):
+        if name in taken:
+            raise BadInputError(f"the model already has a tensor named {name!r}; pick another name")
+    logits = outputs[logits_name]
+    dims = _dims(logits)
+    if len(dims) != 4:
+        raise BadInputError(f"output {logits_name!r} must be (N, C, H, W), its shape is {dims}")
+    batch, classes, height, width = dims
+
+    crf_input = logits_name
+    if logits.type.tensor_type.elem_type == TensorProto.FLOAT16:
+        crf_input = f"{logits_name}_float32"
+        graph.node.append(helper.make_node("Cast", [logits_name], [crf_input], to=TensorProto.FLOAT,
+                                           name=f"{logits_name}_to_float32"))
+    elif logits.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise BadInputError(f"output {logits_name!r} must be float32 or float16")
+
+    image_shape = [batch, height, width, 3] if image_layout == "hwc" else [batch, 3, height, width]
+    graph.input.append(helper.make_tensor_value_info(image_name, TensorProto.UINT8, image_shape))
+    attributes = {name: float(getattr(params, name)) for name in _FLOAT_ATTRIBUTES}
+    graph.node.append(helper.make_node(
+        CRF_OP_TYPE, [crf_input, image_name], [probabilities_name, labels_name], name="dense_crf", domain=CRF_DOMAIN,
+        iterations=int(params.iterations), normalization=params.normalization, unary_kind=unary_kind, **attributes,
+    ))
+    if not keep_logits:
+        graph.output.remove(logits)
+    graph.output.append(helper.make_tensor_value_info(probabilities_name, TensorProto.FLOAT,
+                                                      [batch, classes, height, width]))
+    graph.output.append(helper.make_tensor_value_info(labels_name, TensorProto.INT32, [batch, height, width]))
+    if not any(opset.domain == CRF_DOMAIN for opset in result.opset_import):
+        result.opset_import.append(helper.make_opsetid(CRF_DOMAIN, 1))
+    return result
+
+
+@functools.cache
+def _define_ort_op() -> str:
+    """Declares the DenseCRF Python op once per process; returns the extensions library path."""
+    try:
+        from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    except ImportError as exc:
+        raise MissingDependencyError("onnxruntime-extensions", "ort", "ONNX Runtime runs the DenseCRF node through it") from exc
+
+    attributes = {name: PyCustomOpDef.dt_float for name in _FLOAT_ATTRIBUTES}
+    attributes.update(iterations=PyCustomOpDef.dt_int64, normalization=PyCustomOpDef.dt_string,
+                      unary_kind=PyCustomOpDef.dt_string)
+
+    @onnx_op(op_type=CRF_OP_TYPE, inputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_uint8],
+             outputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_int32], attrs=attributes)
+    def dense_crf_op(logits, image, **attrs):
+        params = CRFParams(**{name: attrs[name] for name in (*_FLOAT_ATTRIBUTES, "iterations", "normalization")})
+        return dense_crf(logits, image, params, unary_kind=attrs["unary_kind"])
+
+    return get_library_path()
+
+
+def register_crf_ort(session_options):
+    """Let sessions made with ``session_options`` run the DenseCRF node (on the CPU); returns it."""
+    session_options.register_custom_ops_library(_define_ort_op())
+    return session_options

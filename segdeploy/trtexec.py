@@ -1,0 +1,77 @@
+"""The ``trtexec`` command line equivalent to a ``segdeploy build``.
+
+Where TensorRT's Python package is missing - a Jetson outside JetPack's system Python, a CI
+machine - ``segdeploy build`` prints this command instead of building; on a Jetson trtexec is
+always installed (``/usr/src/tensorrt/bin/trtexec``). Flags follow the target's release:
+
+================================  ======================  ======================  =====================
+what                              8.5 / 8.6 (JetPack 5/6.0)  10.x                    11.x
+================================  ======================  ======================  =====================
+typing                            weak: ``--fp16``/``--int8`` ``--stronglyTyped``     always strong (no flag)
+plugins (IPluginV3: 10+ only)     (none possible)          ``--dynamicPlugins=LIB`` ``--dynamicPlugins=LIB``
+workspace                         ``--memPoolSize=workspace:N`` (MiB) in all
+opt level, version/hw compat      8.6 only                 yes                     yes
+================================  ======================  ======================  =====================
+
+TF32 is off (``--noTF32``) as in segdeploy's own builds, so FP32 engines match the ONNX file.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from .engine import HARDWARE_COMPAT_LEVEL, JETSON_TRTEXEC, BuildPlan, default_timing_cache, format_shape
+
+
+def find_trtexec() -> str | None:
+    """trtexec on PATH, or JetPack's copy; None when neither exists."""
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    return JETSON_TRTEXEC if Path(JETSON_TRTEXEC).is_file() else None
+
+
+def _tensor(name: str) -> str:
+    # trtexec splits shape specs on ',' and the last ':'; quoted names may hold either.
+    return f"'{name}'" if ("," in name or ":" in name) else name
+
+
+def trtexec_args(plan: BuildPlan, trtexec: str | None = None) -> list[str]:
+    """The argument vector of the trtexec command that builds ``plan``'s engine."""
+    args = [trtexec or find_trtexec() or "trtexec", f"--onnx={plan.onnx_path}", f"--saveEngine={plan.engine_path}"]
+    if plan.dynamic_input:
+        for which in ("min", "opt", "max"):
+            shapes = ",".join(f"{_tensor(name)}:{format_shape(getattr(r, which))}" for name, r in plan.profiles.items())
+            args.append(f"--{which}Shapes={shapes}")
+    if plan.strong_typing == "flag":
+        args.append("--stronglyTyped")
+    args += [f"--{flag}" for flag in plan.precision_flags]
+    args.append("--noTF32")
+    if plan.workspace_mib:
+        args.append(f"--memPoolSize=workspace:{int(plan.workspace_mib)}")
+    if plan.dla_core is not None:
+        args.append(f"--useDLACore={plan.dla_core}")
+        if plan.gpu_fallback:
+            args.append("--allowGPUFallback")
+    for library in plan.plugins:
+        # segdeploy's plugin library exports getCreators(): IPluginRegistry::loadLibrary loads it.
+        args.append(f"--dynamicPlugins={library}")
+    args.append(f"--timingCacheFile={plan.timing_cache or default_timing_cache(plan.target.name)}")
+    if plan.opt_level is not None:
+        args.append(f"--builderOptimizationLevel={plan.opt_level}")
+    if plan.version_compatible:
+        args.append("--versionCompatible")
+    if plan.hardware_compat:
+        args.append(f"--hardwareCompatibilityLevel={HARDWARE_COMPAT_LEVEL}")
+    args.append("--skipInference")
+    return args
+
+
+def format_command(args: list[str], multiline: bool = True) -> str:
+    """Shell-quoted; one flag per line (with ``\\`` continuations) when ``multiline``."""
+    quoted = [shlex.quote(a) for a in args]
+    if not multiline:
+        return " ".join(quoted)
+    return " \\\n    ".join(quoted)
