@@ -31,6 +31,8 @@ class ExportResult:
     manifest_path: Path
     manifest: dict
     parity: list[ParityResult] = field(default_factory=list)
+    #: What the target's ONNX parser would reject (errors) or mis-handle (warnings).
+    lint: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -64,6 +66,7 @@ def export_model(
     Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
     when the ONNX graph does not reproduce PyTorch within ``thresholds``.
     """
+    from .lint import errors, lint_onnx, lint_report
     from .models.loading import build_model
     from .models.registry import get_spec
     from .targets import get_target
@@ -95,7 +98,10 @@ def export_model(
         export_seconds = time.perf_counter() - started
 
         progress("checking parity with PyTorch at two shapes")
-        results = _run_parity(model, tmp_onnx, output_names, parity_shapes(height, width, multiple), spec_in, thresholds)
+        shapes = parity_shapes(height, width, multiple, spec.valid_input_size if spec else None)
+        results = _run_parity(model, tmp_onnx, output_names, shapes, spec_in, thresholds)
+        progress(f"linting for target {profile.name}")
+        findings = lint_onnx(tmp_onnx, profile)
         manifest = {
             "schema": SCHEMA,
             "model": {
@@ -120,6 +126,7 @@ def export_model(
                 "target": profile.name,
                 "export_seconds": round(export_seconds, 3),
             },
+            "lint": lint_report(findings, profile.name),
             "parity": {
                 "reference": "torch",
                 "candidate": "ort",
@@ -131,7 +138,13 @@ def export_model(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     write_json(manifest_path, manifest)
-    result = ExportResult(onnx_path, manifest_path, manifest, results)
+    result = ExportResult(onnx_path, manifest_path, manifest, results, findings)
+    lint_errors = errors(findings)
+    if lint_errors:
+        raise VerificationError(
+            f"{onnx_path}: target {profile.name}'s parser would reject this graph: "
+            + "; ".join(str(f) for f in lint_errors[:5])
+        )
     if not result.passed:
         worst = max(results, key=lambda r: r.max_abs_diff)
         raise VerificationError(

@@ -43,11 +43,18 @@ def round_to_multiple(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def parity_shapes(height: int, width: int, multiple: int) -> list[tuple[int, int, int, int]]:
-    """The export shape, then batch 2 at another aspect ratio (3/4 of the height, 5/4 of the width)."""
+def parity_shapes(height: int, width: int, multiple: int, valid_size=None) -> list[tuple[int, int, int, int]]:
+    """The export shape, then batch 2 at another aspect ratio (3/4 of the height, 5/4 of the width).
+
+    ``valid_size(h, w)``, for models that only take some sizes, snaps the second shape to one.
+    """
     other = (round_to_multiple(height * 0.75, multiple), round_to_multiple(width * 1.25, multiple))
     if other == (height, width):
         other = (height, width + multiple)
+    if valid_size is not None:
+        other = valid_size(*other)
+        if other == (height, width):
+            other = valid_size(height, width + 1)
     return [(1, 3, height, width), (2, 3, *other)]
 
 

@@ -22,6 +22,9 @@ COMMANDS = {
     "inspect": ".inspect:inspect_cmd",
     "infer": ".infer:infer",
     "eval": ".eval:eval_cmd",
+    "build": ".build:build",
+    "verify": ".verify:verify",
+    "lint": ".lint:lint_cmd",
     "crf": ".crf:crf",
 }
 

@@ -82,3 +82,10 @@ def _report(output: Path, as_json: bool) -> None:
         click.echo(f"  {mark} shape {'x'.join(map(str, r['shape']))}: max |Δ| {r['max_abs_diff']:.2e}, "
                    f"mean |Δ| {r['mean_abs_diff']:.2e}, argmax agreement {r['argmax_agreement']:.4%} "
                    f"({r['reference_classes_seen']} classes predicted)")
+    lint = manifest.get("lint") or {}
+    if lint:
+        click.echo(f"lint for {lint['target']}: {lint['errors']} errors, {lint['warnings']} warnings")
+        for f in lint["findings"]:
+            if f["severity"] != "info":
+                where = f"{f['node']} ({f['op_type']}): " if f.get("node") else ""
+                click.echo(f"  {f['severity']}: [{f['rule']}] {where}{f['message']}")

@@ -74,8 +74,10 @@ SD_API void sd_crf_default_params(sd_crf_params* params);
 /* Checks params and the shape/dtype/layout fields of io (not the data); SD_OK or the error. */
 SD_API int sd_crf_validate(const sd_crf_params* params, const sd_crf_io* io);
 
-/* CPU inference on host memory, on num_threads threads (0: all cores). A non-finite unary
- * value is reported as SD_ERROR_INVALID_ARGUMENT. */
+/* CPU inference on host memory, on num_threads threads (0: every core the process may use). A
+ * non-finite unary value is reported as SD_ERROR_INVALID_ARGUMENT. The calling thread keeps its
+ * scratch memory (and the spatial lattice of the last image size) for its next call; it is freed
+ * when the thread ends. Thread-safe: concurrent calls from different threads are independent. */
 SD_API int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int num_threads);
 
 /* Bytes of device workspace sd_crf_cuda needs for images of this size (any batch, any params).
@@ -86,7 +88,8 @@ SD_API int sd_crf_cuda_workspace_bytes(int32_t classes, int32_t height, int32_t 
  * stream) of the current device; it returns without waiting for the result. With
  * check_finite != 0 the unary is first checked for NaN/inf, which waits for the stream once,
  * before the iterations; with check_finite == 0 nothing waits, and an image with a non-finite
- * unary gets NaN probabilities and label -1. At most 256 classes. */
+ * unary gets NaN probabilities and label -1. At most 256 classes, and (6 x height x width + 1) x
+ * classes below 2^31 (1080p with up to 172 classes). */
 SD_API int sd_crf_cuda(const sd_crf_params* params, const sd_crf_io* io, void* workspace, size_t workspace_bytes,
                        int check_finite, void* stream);
 
