@@ -140,6 +140,7 @@ def main(argv=None) -> int:
         for spec in specs:
             print(f"{spec.name}…", file=sys.stderr, flush=True)
             rows.append(benchmark_variant(spec, tuple(args.size), args.threads, args.warmup, args.iterations, Path(tmp)))
+            print(markdown_table(rows[-1:], args.threads, args.iterations).splitlines()[2], file=sys.stderr, flush=True)
     table = markdown_table(rows, args.threads, args.iterations)
     print(table)
     print(f"written to {write_table(table, args.readme)}", file=sys.stderr)

@@ -103,7 +103,7 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings) -> list[
     from . import jetson
     from .backend.base import make_runner
     from .manifest import resolve_artifact
-    from .parity import sample_images
+    from .parity import sample_feed
     from .preprocess import input_spec as default_input_spec
 
     onnx_path, manifest = resolve_artifact(artifact)
@@ -114,7 +114,7 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings) -> list[
     with make_runner(backend, onnx_path, manifest, threads=settings.threads) as runner:
         load_s = time.perf_counter() - started
         for batch in settings.batches:
-            feed = {spec_in["name"]: sample_images((batch, 3, settings.height, settings.width), spec_in)}
+            feed = sample_feed((batch, 3, settings.height, settings.width), manifest or {"input": spec_in})
             first_output = next(iter(runner.infer(feed).values()))
             warmup_runs = warm_up(lambda: runner.infer(feed), settings.warmup)
             with jetson.PowerSampler(jetson_root) as power:

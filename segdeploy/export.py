@@ -33,10 +33,12 @@ class ExportResult:
     parity: list[ParityResult] = field(default_factory=list)
     #: What the target's ONNX parser would reject (errors) or mis-handle (warnings).
     lint: list = field(default_factory=list)
+    #: With a CRF: ONNX Runtime's CRF graph against PyTorch's logits refined by the CPU kernel.
+    crf_parity: ParityResult | None = None
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.parity)
+        return all(r.passed for r in self.parity) and (self.crf_parity is None or self.crf_parity.passed)
 
 
 def _noop_progress(message: str) -> None:
@@ -56,12 +58,17 @@ def export_model(
     thresholds: Thresholds = Thresholds(),
     class_names: list[str] | None = None,
     seed: int = 0,
+    crf: dict | None = None,
     progress=_noop_progress,
 ) -> ExportResult:
     """Export ``model_name`` to ``output_dir/model.onnx`` + ``manifest.json`` and run the parity gate.
 
     ``target`` (see ``segdeploy.targets``) chooses the opset and so the exporter; ``opset``
     overrides the target's default within what the target's runtime accepts.
+
+    ``crf`` (a dict of ``segdeploy.crf.CRFParams`` fields, ``{}`` for DeepLab's defaults)
+    appends a DenseCRF node after the logits: the graph then also takes the uint8 RGB picture
+    (input ``image``, N×H×W×3) and returns ``probabilities`` and int32 ``labels``.
 
     Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
     when the ONNX graph does not reproduce PyTorch within ``thresholds``.
@@ -100,6 +107,12 @@ def export_model(
         progress("checking parity with PyTorch at two shapes")
         shapes = parity_shapes(height, width, multiple, spec.valid_input_size if spec else None)
         results = _run_parity(model, tmp_onnx, output_names, shapes, spec_in, thresholds)
+        output = {"name": OUTPUT_NAME, "dtype": "float32", "layout": "NCHW", "all": output_names}
+        crf_section = None
+        if crf is not None:
+            progress("appending the dense CRF and checking it")
+            crf_section = _append_crf(model, tmp_onnx, spec_in, crf, shapes[0], thresholds)
+            output = {"name": "probabilities", "dtype": "float32", "layout": "NCHW", "all": ["probabilities", "labels"]}
         progress(f"linting for target {profile.name}")
         findings = lint_onnx(tmp_onnx, profile)
         manifest = {
@@ -114,7 +127,8 @@ def export_model(
             },
             "classes": class_names or default_class_names(num_classes),
             "input": spec_in,
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "layout": "NCHW", "all": output_names},
+            "output": output,
+            "crf": crf_section,
             "dynamic_axes": {"batch": 0, "height": 2, "width": 3},
             "onnx": {
                 "file": ONNX_NAME,
@@ -138,7 +152,10 @@ def export_model(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     write_json(manifest_path, manifest)
-    result = ExportResult(onnx_path, manifest_path, manifest, results, findings)
+    crf_parity = None
+    if crf_section:
+        crf_parity = ParityResult(**{**crf_section["parity"], "shape": tuple(crf_section["parity"]["shape"])})
+    result = ExportResult(onnx_path, manifest_path, manifest, results, findings, crf_parity)
     lint_errors = errors(findings)
     if lint_errors:
         raise VerificationError(
@@ -146,7 +163,7 @@ def export_model(
             + "; ".join(str(f) for f in lint_errors[:5])
         )
     if not result.passed:
-        worst = max(results, key=lambda r: r.max_abs_diff)
+        worst = max([*results, *([crf_parity] if crf_parity else [])], key=lambda r: (not r.passed, r.max_abs_diff))
         raise VerificationError(
             f"{onnx_path}: parity gate failed at shape {list(worst.shape)}: max |Δ| {worst.max_abs_diff:.3g} "
             f"(limit {thresholds.max_abs_diff:g}), argmax agreement {worst.argmax_agreement:.4%} "
@@ -219,6 +236,38 @@ def _name_dynamic_axes(path: Path, dims: dict[int, str]) -> None:
                 d.dim_param = renames[d.dim_param]
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, thresholds: Thresholds) -> dict:
+    """Append the DenseCRF node to the ONNX file; check ONNX Runtime's CRF graph against
+    PyTorch's logits refined by segdeploy's CPU kernel, at ``shape``."""
+    import dataclasses
+
+    import onnx
+    import torch
+
+    from .backend.onnxrt.runner import OnnxrtRunner
+    from .crf import CRFParams, dense_crf
+    from .crf_onnx import append_crf_node
+    from .parity import compare_outputs, sample_feed
+
+    fields = {f.name for f in dataclasses.fields(CRFParams)}
+    unknown = sorted(set(crf_params) - fields)
+    if unknown:
+        raise BadInputError(f"unknown CRF parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    params = CRFParams(**crf_params)
+    onnx.save(append_crf_node(onnx.load(str(onnx_path)), **dataclasses.asdict(params)), str(onnx_path))
+
+    section = {"params": dataclasses.asdict(params), "image_input": "image", "image_layout": "hwc"}
+    feed = sample_feed(shape, {"input": spec_in, "crf": section})
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(feed[spec_in["name"]]))
+    logits = (logits[0] if isinstance(logits, (tuple, list)) else logits).numpy()
+    expected = dense_crf(logits, feed["image"], params, output="probabilities")
+    with OnnxrtRunner.from_artifact(onnx_path, {"crf": section}) as runner:
+        actual = runner.infer(feed)["probabilities"]
+    section["parity"] = compare_outputs(expected, actual, thresholds, input_shape=shape).to_json()
+    return section
 
 
 def _run_parity(model, onnx_path: Path, output_names, shapes, spec_in: dict, thresholds: Thresholds):

@@ -32,7 +32,10 @@ def predict_logits(runner, manifest: dict, rgb: np.ndarray, size: tuple[int, int
 
     spec_in = manifest["input"]
     height, width = size or spec_in["size"]
-    feed = {spec_in["name"]: normalize(resize(rgb, height, width), spec_in)}
+    picture = resize(rgb, height, width)
+    feed = {spec_in["name"]: normalize(picture, spec_in)}
+    if manifest.get("crf"):  # a graph ending in the dense CRF also takes the picture itself
+        feed[manifest["crf"]["image_input"]] = picture[None]
     return runner.infer(feed)[manifest["output"]["name"]][0]
 
 

@@ -58,8 +58,8 @@ def parity_shapes(height: int, width: int, multiple: int, valid_size=None) -> li
     return [(1, 3, height, width), (2, 3, *other)]
 
 
-def sample_images(shape: tuple[int, int, int, int], input_spec: dict, seed: int = 0) -> np.ndarray:
-    """Smooth random pictures (low-frequency colour fields), normalised as the model expects.
+def sample_pictures(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 RGB pictures (N, H, W, 3): low-frequency colour fields with grain.
 
     Smooth inputs look more like photos to a network than white noise does, so activations
     stay in their usual ranges.
@@ -68,13 +68,28 @@ def sample_images(shape: tuple[int, int, int, int], input_spec: dict, seed: int 
 
     n, _, h, w = shape
     rng = np.random.default_rng(seed)
-    images = []
+    pictures = []
     for _ in range(n):
         coarse = rng.integers(0, 256, size=(max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
         smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
         grain = rng.integers(-12, 13, size=smooth.shape)
-        images.append(np.clip(smooth + grain, 0, 255).astype(np.uint8))
-    return normalize(np.stack(images), input_spec)
+        pictures.append(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+    return np.stack(pictures)
+
+
+def sample_images(shape: tuple[int, int, int, int], input_spec: dict, seed: int = 0) -> np.ndarray:
+    """``sample_pictures`` normalised as the model expects (float32 NCHW)."""
+    return normalize(sample_pictures(shape, seed), input_spec)
+
+
+def sample_feed(shape: tuple[int, int, int, int], manifest: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for an artifact: the normalised images, plus the uint8 picture a CRF graph also takes."""
+    pictures = sample_pictures(shape, seed)
+    feed = {manifest["input"]["name"]: normalize(pictures, manifest["input"])}
+    crf = manifest.get("crf")
+    if crf:
+        feed[crf["image_input"]] = pictures
+    return feed
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, thresholds: Thresholds, input_shape=None) -> ParityResult:

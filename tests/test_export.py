@@ -129,3 +129,44 @@ def test_opset_beyond_the_targets_parser_is_refused(tmp_path):
     assert_clean_error(proc, 2, "target 'jetpack5' accepts ONNX opset <= 17")
     proc = run_cli("export", "--model", "toy_models:colour_net", "--target", "jetpak5", "-o", tmp_path / "x")
     assert_clean_error(proc, 2, "unknown target 'jetpak5'", "Did you mean jetpack5")
+
+
+def test_export_with_dense_crf_node(tmp_path):
+    from segdeploy.backend import make_runner
+    from segdeploy.manifest import resolve_artifact
+    from segdeploy.parity import sample_feed
+
+    out = tmp_path / "crf"
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "64", "64",
+                   "--crf", "--crf-param", "iterations=5", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "dense CRF appended (5 iterations)" in proc.stdout
+    onnx_path, manifest = resolve_artifact(out)
+    graph = onnx.load(str(onnx_path)).graph
+    assert [i.name for i in graph.input] == ["images", "image"] and [o.name for o in graph.output] == ["probabilities", "labels"]
+    assert any(n.op_type == "DenseCRF" for n in graph.node)
+    assert manifest["crf"]["params"]["iterations"] == 5 and manifest["crf"]["parity"]["passed"]
+    # The deployed graph (ONNX Runtime + our kernel as a custom op) and PyTorch + the kernel agree.
+    feed = sample_feed((2, 3, 64, 64), manifest, seed=3)
+    with make_runner("ort", onnx_path, manifest) as ort_runner, make_runner("torch", onnx_path, manifest) as torch_runner:
+        deployed, reference = ort_runner.infer(feed), torch_runner.infer(feed)
+    assert deployed["labels"].shape == (2, 64, 64) and deployed["labels"].dtype == np.int32
+    np.testing.assert_allclose(deployed["probabilities"].sum(axis=1), 1.0, atol=1e-4)
+    assert (deployed["labels"] == reference["labels"]).mean() >= 0.999
+    # ...and the device side runs it without torch
+    image = tmp_path / "scene.png"
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, 30:, 2] = 255
+    from PIL import Image
+
+    Image.fromarray(rgb).save(image)
+    infer = run_cli("infer", out, image, "--out", tmp_path / "pred", block_torch=True)
+    assert infer.returncode == 0, infer.stderr
+
+
+def test_unknown_crf_parameter_is_bad_input(tmp_path):
+    from cli import assert_clean_error
+
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32",
+                   "--crf", "--crf-param", "theta=3", "-o", tmp_path / "x")
+    assert_clean_error(proc, 2, "unknown CRF parameter(s) theta")

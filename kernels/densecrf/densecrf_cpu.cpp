@@ -5,9 +5,16 @@
 // kernels/CMakeLists.txt); densecrf_cpu_dispatch.cpp picks the best one the CPU runs.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
+
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -21,6 +28,18 @@
 
 namespace segdeploy::densecrf::SD_CPU_VARIANT {
 namespace {
+
+// SD_CRF_PROFILE=1 prints the time of each phase to stderr (for tuning).
+struct PhaseTimer {
+  bool on = std::getenv("SD_CRF_PROFILE") != nullptr;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void operator()(const char* phase) {
+    if (!on) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "  %-24s %8.2f ms\n", phase, std::chrono::duration<double, std::milli>(now - last).count());
+    last = now;
+  }
+};
 
 // The hot loops are explicit SIMD through the vector types of GCC and Clang: a Block is one
 // native register (SSE/NEON: 4 floats, AVX: 8), and rows hold whole Blocks on every target.
@@ -101,9 +120,37 @@ int64_t exclusive_scan(int32_t* values, int64_t count) {
 // Rows are read at addresses known a few iterations ahead: prefetching them turns memory latency
 // into bandwidth. kPrefetchAhead is in rows.
 constexpr int kPrefetchAhead = 12;
-inline void prefetch_row(const float* row, int width) {
-  for (int offset = 0; offset < width; offset += 64 / int(sizeof(float))) __builtin_prefetch(row + offset);
-  __builtin_prefetch(row + width - 1);
+inline void prefetch_bytes(const void* row, size_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+  __builtin_prefetch(p + bytes - 1);
+}
+
+// Lattice values (the splatted and blurred class rows) are stored as float16 where the CPU
+// converts in hardware (F16C): that halves the memory traffic of the splat, blur and slice,
+// which are bound by it; the arithmetic stays float32. Rows hold `blocks` Blocks and are padded
+// to a power-of-two number of bytes up to a cache line (21 classes: 24 values in 64 bytes), so
+// that a row never straddles two cache lines.
+#if defined(__F16C__) && defined(__AVX__)
+typedef uint16_t Value;
+inline Block load_block(const Value* p) {
+  return __builtin_bit_cast(Block, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline void store_block(Value* p, Block b) {
+  _mm_store_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(__builtin_bit_cast(__m256, b), _MM_FROUND_TO_NEAREST_INT));
+}
+#else
+typedef float Value;
+inline Block load_block(const Value* p) { return *reinterpret_cast<const Block*>(p); }
+inline void store_block(Value* p, Block b) { *reinterpret_cast<Block*>(p) = b; }
+#endif
+constexpr int kMaxBlocks = 1024 / kBlockLanes;  // rows of up to 1024 classes on the stack
+inline int value_stride(int blocks) {  // in Values
+  const int block_bytes = kBlockLanes * int(sizeof(Value));
+  int row_blocks = 1;
+  while (row_blocks < blocks && row_blocks * block_bytes < 64) row_blocks *= 2;
+  if (row_blocks < blocks) row_blocks = (blocks * block_bytes + 63) / 64 * 64 / block_bytes;
+  return row_blocks * kBlockLanes;
 }
 
 inline Block broadcast(float value) { return Block{} + value; }
@@ -174,12 +221,14 @@ class CpuLattice {
     SD_RESERVE(L.entry_vertex, entry_vertex_, entries);
     L.table_fill = &table_fill_;
 
+    PhaseTimer timer;
     const LatticeScale<D> scale;
     pool.parallel_for(pixels, [&](int64_t pixel) {
       float feature[D];
       feature_of(pixel, feature);
       embed_pixel<D>(L, int32_t(pixel), feature, scale);
     });
+    timer("embed");
     // A small table stays in cache. Lattices of images rarely have more vertices than pixels
     // (the densecrf reference makes the same guess); the table grows when they do.
     for (uint32_t table_size = table_size_for(pixels);; table_size *= 2) {
@@ -195,6 +244,7 @@ class CpuLattice {
       });
       if (table_fill_ < L.max_fill) break;
     }
+    timer("insert");
     pool.parallel_for(L.entries, [&](int64_t entry) { L.owner_rank[entry] = owns_key<D>(L, int32_t(entry)); });
     const int32_t vertices = int32_t(exclusive_scan(L.owner_rank, L.entries));
     vertex_count_ = vertices;
@@ -202,8 +252,10 @@ class CpuLattice {
     SD_RESERVE(L.vertex_keys, vertex_keys_, size_t(vertices) * D);
     SD_RESERVE(L.vertex_size, vertex_size_, size_t(vertices));
     std::fill(L.vertex_size, L.vertex_size + vertices, 0);
+    timer("owner");
     pool.parallel_for(L.entries, [&](int64_t entry) { assign_vertex<D>(L, int32_t(entry)); });
     pool.parallel_for(int64_t(L.table_mask) + 1, [&](int64_t slot) { relabel_slot<D>(L, uint32_t(slot)); });
+    timer("assign");
 
     SD_RESERVE(L.segment_start, segment_start_, size_t(vertices) + 1);
     std::copy(L.vertex_size, L.vertex_size + vertices, L.segment_start);
@@ -213,10 +265,13 @@ class CpuLattice {
     int32_t* cursor = L.vertex_size;
     std::copy(L.segment_start, L.segment_start + vertices, cursor);
     for (int32_t entry = 0; entry < L.entries; ++entry) L.segment_entry[cursor[L.entry_vertex[entry]]++] = entry;
+    timer("segments");
 
     L.neighbor_stride = vertices;
     SD_RESERVE(L.neighbors, neighbors_, size_t(vertices) * 2 * kVertices);
     pool.parallel_for(vertices, [&](int64_t v) { find_neighbors<D>(L, int32_t(v), vertices); }, 256);
+    timer("neighbors");
+    if (timer.on) std::fprintf(stderr, "  D=%d pixels=%d vertices=%d\n", D, pixels, vertices);
     return {};
   }
 
@@ -239,7 +294,7 @@ class CpuLattice {
     });
     std::fill(ones, ones + L.pixels, 1.0f);
     SD_RETURN_IF_ERROR(splat(ones, 1, pool));
-    const float* row_sum = blur(1, pool);
+    const float* row_sum = blur_row_sums(pool);
     float* pre = ones;  // the ones are splatted already
     float* post = ones + L.pixels;
     const float scale = slice_scale<D>();
@@ -258,20 +313,19 @@ class CpuLattice {
     return {};
   }
 
-  // values[v] = Σ over the vertex's entries of splat weight × q[pixel], for rows of `width`
-  // floats: 1 for the row sums, else whole Blocks.
+  // values[v] = Σ over the vertex's entries of splat weight × q[pixel]. width == 1: the row sums,
+  // in float rows of 1; else `blocks` Blocks of q rows into Value rows of value_stride(blocks).
   Error splat(const float* q, int width, ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
     const size_t rows = size_t(vertex_count_) + 1;  // + the zero row that stands for "no neighbour"
-    float* values;
-    float* scratch;
-    SD_RESERVE(values, values_, rows * width);
-    SD_RESERVE(scratch, scratch_, rows * width);
-    std::fill(values + vertex_count_ * size_t(width), values + rows * width, 0.0f);
-    std::fill(scratch + vertex_count_ * size_t(width), scratch + rows * width, 0.0f);
     const float* splat_weight = splat_weight_.get();
     const int32_t* splat_pixel = splat_pixel_.get();
     if (width == 1) {
+      float* values;
+      float* scratch;
+      SD_RESERVE(values, values_, rows);
+      SD_RESERVE(scratch, scratch_, rows);
+      values[vertex_count_] = scratch[vertex_count_] = 0.0f;
       pool.parallel_for(vertex_count_, [&](int64_t v) {
         float sum = 0.0f;
         for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) sum += splat_weight[k] * q[splat_pixel[k]];
@@ -280,62 +334,85 @@ class CpuLattice {
       return {};
     }
     const int blocks = width / kBlockLanes;
+    const int stride = value_stride(blocks);
+    Value* values;
+    Value* scratch;
+    SD_RESERVE(values, class_values_, rows * stride);
+    SD_RESERVE(scratch, class_scratch_, rows * stride);
+    std::fill(values + vertex_count_ * size_t(stride), values + rows * stride, Value{});
+    std::fill(scratch + vertex_count_ * size_t(stride), scratch + rows * stride, Value{});
     const int32_t last_entry = L.entries - 1;
     pool.parallel_for(vertex_count_, [&](int64_t v) {
-      Block* __restrict out = reinterpret_cast<Block*>(values + v * width);
-      for (int b = 0; b < blocks; ++b) out[b] = Block{};
+      Block sum[kMaxBlocks];
+      for (int b = 0; b < blocks; ++b) sum[b] = Block{};
       for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
-        prefetch_row(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width, width);
+        prefetch_bytes(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width,
+                       width * sizeof(float));
         const float w = splat_weight[k];
         const Block* __restrict in = reinterpret_cast<const Block*>(q + int64_t(splat_pixel[k]) * width);
-        for (int b = 0; b < blocks; ++b) out[b] += w * in[b];
+        for (int b = 0; b < blocks; ++b) sum[b] += w * in[b];
       }
+      Value* out = values + v * stride;
+      for (int b = 0; b < blocks; ++b) store_block(out + b * kBlockLanes, sum[b]);
     });
     return {};
   }
 
-  // The D+1 blur passes over the splatted values; returns the buffer holding the result.
-  const float* blur(int width, ThreadPool& pool) {
+  // The D+1 blur passes over the splatted values (float rows of 1 when width == 1).
+  const float* blur_row_sums(ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
     float* source = values_.get();
     float* target = scratch_.get();
+    for (int axis = 0; axis < kVertices; ++axis) {
+      const int32_t* neighbors = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
+      pool.parallel_for(vertex_count_, [&](int64_t v) {
+        target[v] = source[v] + 0.5f * (source[neighbors[2 * v]] + source[neighbors[2 * v + 1]]);
+      });
+      std::swap(source, target);
+    }
+    return source;
+  }
+
+  // The D+1 blur passes over the class rows; returns the buffer holding the result.
+  const Value* blur(int blocks, ThreadPool& pool) {
+    const LatticeArrays<D>& L = L_;
+    const int stride = value_stride(blocks);
+    Value* source = class_values_.get();
+    Value* target = class_scratch_.get();
     const int64_t last = vertex_count_ - 1;
     for (int axis = 0; axis < kVertices; ++axis) {
       const int32_t* neighbors = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
-      if (width == 1) {
-        pool.parallel_for(vertex_count_, [&](int64_t v) {
-          target[v] = source[v] + 0.5f * (source[neighbors[2 * v]] + source[neighbors[2 * v + 1]]);
-        });
-      } else {
-        const int blocks = width / kBlockLanes;
-        pool.parallel_for(vertex_count_, [&](int64_t v) {
-          const int64_t ahead = std::min(v + kPrefetchAhead / 2, last);
-          prefetch_row(source + int64_t(neighbors[2 * ahead]) * width, width);
-          prefetch_row(source + int64_t(neighbors[2 * ahead + 1]) * width, width);
-          const Block* __restrict self = reinterpret_cast<const Block*>(source + v * width);
-          const Block* __restrict lower = reinterpret_cast<const Block*>(source + int64_t(neighbors[2 * v]) * width);
-          const Block* __restrict upper =
-              reinterpret_cast<const Block*>(source + int64_t(neighbors[2 * v + 1]) * width);
-          Block* __restrict out = reinterpret_cast<Block*>(target + v * width);
-          for (int b = 0; b < blocks; ++b) out[b] = self[b] + 0.5f * (lower[b] + upper[b]);
-        });
-      }
+      pool.parallel_for(vertex_count_, [&](int64_t v) {
+        const int64_t ahead = std::min(v + kPrefetchAhead / 2, last);
+        prefetch_bytes(source + int64_t(neighbors[2 * ahead]) * stride, blocks * kBlockLanes * sizeof(Value));
+        prefetch_bytes(source + int64_t(neighbors[2 * ahead + 1]) * stride, blocks * kBlockLanes * sizeof(Value));
+        const Value* self = source + v * stride;
+        const Value* lower = source + int64_t(neighbors[2 * v]) * stride;
+        const Value* upper = source + int64_t(neighbors[2 * v + 1]) * stride;
+        Value* out = target + v * stride;
+        for (int b = 0; b < blocks; ++b) {
+          const int o = b * kBlockLanes;
+          store_block(out + o, load_block(self + o) + 0.5f * (load_block(lower + o) + load_block(upper + o)));
+        }
+      });
       std::swap(source, target);
     }
     return source;
   }
 
   // Adds Σ_r slice weight × blurred[vertex] over the pixel's entries to `row`.
-  void add_message(int64_t pixel, const float* blurred, int blocks, Block* __restrict row) const {
-    const int width = blocks * kBlockLanes;
+  void add_message(int64_t pixel, const Value* blurred, int blocks, Block* __restrict row) const {
+    const int stride = value_stride(blocks);
     const int64_t ahead = std::min<int64_t>(pixel + (kPrefetchAhead + D) / kVertices, L_.pixels - 1);
     for (int r = 0; r < kVertices; ++r)
-      prefetch_row(blurred + int64_t(L_.entry_vertex[ahead * kVertices + r]) * width, width);
+      prefetch_bytes(blurred + int64_t(L_.entry_vertex[ahead * kVertices + r]) * stride,
+                     blocks * kBlockLanes * sizeof(Value));
+    const float* slice_weight = slice_weight_.get() + pixel * kVertices;
+    const int32_t* entry_vertex = L_.entry_vertex + pixel * kVertices;
     for (int r = 0; r < kVertices; ++r) {
-      const int64_t entry = pixel * kVertices + r;
-      const float w = slice_weight_.get()[entry];
-      const Block* __restrict in = reinterpret_cast<const Block*>(blurred + int64_t(L_.entry_vertex[entry]) * width);
-      for (int b = 0; b < blocks; ++b) row[b] += w * in[b];
+      const float w = slice_weight[r];
+      const Value* in = blurred + int64_t(entry_vertex[r]) * stride;
+      for (int b = 0; b < blocks; ++b) row[b] += w * load_block(in + b * kBlockLanes);
     }
   }
 
@@ -347,6 +424,7 @@ class CpuLattice {
   Buffer<int32_t> keys_, entry_slot_, owner_rank_, entry_vertex_, vertex_keys_, vertex_size_,
       segment_start_, segment_entry_, neighbors_, splat_pixel_;
   Buffer<float> barycentric_, splat_weight_, slice_weight_, pixel_scratch_, values_, scratch_;
+  Buffer<Value> class_values_, class_scratch_;
 };
 
 // Memory of a thread's calls, kept for its next call (sizes rarely change between calls, and
@@ -464,16 +542,21 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
       std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
       softmax_row(q_rows + i * blocks, blocks);
     });
+    PhaseTimer timer;
     for (int32_t iteration = 0; iteration < p.iterations; ++iteration) {
-      const float* spatial_blurred = nullptr;
-      const float* bilateral_blurred = nullptr;
+      const Value* spatial_blurred = nullptr;
+      const Value* bilateral_blurred = nullptr;
       if (spatial) {
         SD_RETURN_IF_ERROR(spatial->splat(q, width, pool));
-        spatial_blurred = spatial->blur(width, pool);
+        timer("spatial splat");
+        spatial_blurred = spatial->blur(blocks, pool);
+        timer("spatial blur");
       }
       if (bilateral) {
         SD_RETURN_IF_ERROR(bilateral->splat(q, width, pool));
-        bilateral_blurred = bilateral->blur(width, pool);
+        timer("bilateral splat");
+        bilateral_blurred = bilateral->blur(blocks, pool);
+        timer("bilateral blur");
       }
       pool.parallel_for(pixels, [&](int64_t i) {
         Block* row = q_rows + i * blocks;
@@ -482,6 +565,7 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
         if (bilateral) bilateral->add_message(i, bilateral_blurred, blocks, row);
         softmax_row(row, blocks);
       });
+      timer("slice+softmax");
     }
     write_outputs(io, image, q, width, pool);
   }

@@ -25,6 +25,8 @@ COMMANDS = {
     "build": ".build:build",
     "verify": ".verify:verify",
     "lint": ".lint:lint_cmd",
+    "quantize": ".quantize:quantize",
+    "fp16": ".fp16:fp16",
     "crf": ".crf:crf",
 }
 

@@ -25,9 +25,13 @@ from .common import echo_json, json_option, parse_key_values, progress_status
 @click.option("--max-abs-diff", type=float, default=1e-3, show_default=True, help="Parity gate: largest allowed |torch - onnx|.")
 @click.option("--min-agreement", type=float, default=0.9999, show_default=True, help="Parity gate: smallest allowed argmax agreement (0..1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation (without --checkpoint).")
+@click.option("--crf", is_flag=True, help="Append a dense-CRF node: the graph also takes the uint8 RGB picture ('image', NxHxWx3) "
+              "and returns 'probabilities' and int32 'labels'. ONNX Runtime runs it with segdeploy's kernel.")
+@click.option("--crf-param", "crf_params", multiple=True, metavar="KEY=VALUE",
+              help="CRF parameter with --crf, repeatable (e.g. --crf-param bilateral_theta_xy=50). Default: DeepLab v2's.")
 @json_option
 def export(model_name, checkpoint, num_classes, classes_file, input_size, target, opset, model_args, output, max_abs_diff,
-           min_agreement, seed, as_json):
+           min_agreement, seed, crf, crf_params, as_json):
     """Export a model to ONNX (dynamic batch/H/W) and check it against PyTorch.
 
     Writes OUTPUT/model.onnx and OUTPUT/manifest.json (model, classes, input normalisation,
@@ -41,6 +45,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
       segdeploy export --model deeplabv3plus --checkpoint best.pt --num-classes 19 --input-size 512 1024
       segdeploy export --model mypkg.nets:build_net --input-size 256 256
       segdeploy export --model deeplabv3plus --target jetpack6.0   # opset 17 for TensorRT 8.6
+      segdeploy export --model deeplabv3plus --crf                 # + dense CRF node
     """
     from ..errors import BadInputError, VerificationError
     from ..export import export_model
@@ -58,7 +63,8 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
             result = export_model(
                 model_name, output, num_classes=num_classes, model_kwargs=parse_key_values(model_args, "--model-arg"),
                 checkpoint=checkpoint, input_size=tuple(input_size), opset=opset, target=target,
-                thresholds=Thresholds(max_abs_diff, min_agreement), class_names=class_names, seed=seed, progress=progress,
+                thresholds=Thresholds(max_abs_diff, min_agreement), class_names=class_names, seed=seed,
+                crf=parse_key_values(crf_params, "--crf-param") if crf else None, progress=progress,
             )
         except VerificationError:
             _report(output, as_json)  # the figures that failed, then exit 1
@@ -82,6 +88,11 @@ def _report(output: Path, as_json: bool) -> None:
         click.echo(f"  {mark} shape {'x'.join(map(str, r['shape']))}: max |Δ| {r['max_abs_diff']:.2e}, "
                    f"mean |Δ| {r['mean_abs_diff']:.2e}, argmax agreement {r['argmax_agreement']:.4%} "
                    f"({r['reference_classes_seen']} classes predicted)")
+    crf = manifest.get("crf")
+    if crf:
+        r = crf["parity"]
+        click.echo(f"dense CRF appended ({crf['params']['iterations']} iterations): ONNX Runtime vs torch+kernel max |Δ| "
+                   f"{r['max_abs_diff']:.2e}, label agreement {r['argmax_agreement']:.4%}")
     lint = manifest.get("lint") or {}
     if lint:
         click.echo(f"lint for {lint['target']}: {lint['errors']} errors, {lint['warnings']} warnings")

@@ -7,7 +7,6 @@ Attribute names follow torchvision's so that torchvision checkpoints map onto th
 
 from __future__ import annotations
 
-import torch
 import torchvision
 from torch import nn
 
@@ -63,7 +62,7 @@ class GlobalAveragePool(nn.Module):
 def _dilation_schedule(output_stride: int, num_strided_stages: int) -> list[bool]:
     """Which of the last stages trade their stride for dilation to reach ``output_stride``."""
     full_stride = 2 ** (num_strided_stages + 2)  # stem and first pooling give stride 4
-    if output_stride not in {full_stride >> k for k in range(num_strided_stages + 1)} or output_stride < 4:
+    if output_stride not in {full_stride >> k for k in range(num_strided_stages + 1)}:
         raise ValueError(f"output_stride must be a power of two between 4 and {full_stride}, got {output_stride}")
     dilated = (full_stride // output_stride).bit_length() - 1
     return [False] * (num_strided_stages - dilated) + [True] * dilated

@@ -59,6 +59,16 @@ SCHEMES = {
 }
 
 
+@contextlib.contextmanager
+def _working_directory(folder: Path):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _quantization_api():
     try:
         from onnxruntime import quantization
@@ -79,11 +89,14 @@ class Int8Builder:
         self.scheme = scheme
         self.method = method
         self.percentile = percentile
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.calibration_cache = Path(calibration_cache)
         self.prepared = self.workdir / "prepared.onnx"
+        fp32_path = Path(fp32_path).resolve()
         q = _quantization_api()
-        with _quiet():
+        # ORT's symbolic shape inference saves large models to the current folder
+        # (sym_shape_infer_temp.onnx + uuid.data files): keep them in the work folder.
+        with _quiet(), _working_directory(self.workdir):
             # Shape inference and ORT's basic graph optimisations (constant folding, Conv+BN fusion).
             try:
                 q.shape_inference.quant_pre_process(str(fp32_path), str(self.prepared))

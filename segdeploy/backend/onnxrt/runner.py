@@ -54,7 +54,12 @@ class OnnxrtRunner(Runner):
 
     @classmethod
     def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, providers=("CPUExecutionProvider",), **_):
-        return cls(SessionFromOnnx(onnx_path, providers=providers, threads=threads))
+        options = None
+        if manifest and manifest.get("crf"):
+            from ...crf_onnx import register_crf_ort  # the graph ends in segdeploy's DenseCRF node
+
+            options = register_crf_ort(import_onnxruntime().SessionOptions())
+        return cls(SessionFromOnnx(onnx_path, providers=providers, threads=threads, session_options=options))
 
     def activate(self):
         self.session = self.session_loader()

@@ -33,8 +33,11 @@ class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, model_loader, output_names=("logits",), threads: int | None = None, device: str = "cpu",
-                 half: bool = False, cuda_graph: bool = False):
+                 half: bool = False, cuda_graph: bool = False, crf: dict | None = None):
         self.model_loader = model_loader
+        #: The manifest's ``crf`` section: refine the logits with segdeploy's CRF kernel, as the
+        #: exported graph's DenseCRF node does.
+        self.crf = crf
         self.output_names = tuple(output_names)
         self.threads = threads
         self.device = device
@@ -46,8 +49,10 @@ class TorchRunner(Runner):
 
     @classmethod
     def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, **options):
-        outputs = (manifest or {}).get("output", {}).get("all") or [(manifest or {}).get("output", {}).get("name", "logits")]
-        return cls(ModelFromManifest(manifest), output_names=outputs, threads=threads, **options)
+        manifest = manifest or {}
+        crf = manifest.get("crf")
+        outputs = ["logits"] if crf else manifest.get("output", {}).get("all") or ["logits"]
+        return cls(ModelFromManifest(manifest), output_names=outputs, threads=threads, crf=crf, **options)
 
     def activate(self):
         torch = import_torch()
@@ -95,9 +100,15 @@ class TorchRunner(Runner):
         return tensor.half() if self.half else tensor
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        (images,) = feed.values()
+        images = next(iter(feed.values()))
         outs = self._run(self._to_device(images))
-        return {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs)}
+        outputs = {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs)}
+        if not self.crf:
+            return outputs
+        from ...crf import CRFParams, dense_crf
+
+        probabilities, labels = dense_crf(outputs["logits"], feed[self.crf["image_input"]], CRFParams(**self.crf["params"]))
+        return {"probabilities": probabilities, "labels": labels}
 
     def time_on_device(self, feed: dict[str, np.ndarray], iterations: int) -> list[float] | None:
         if not self.device.startswith("cuda"):
