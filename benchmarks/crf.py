@@ -67,6 +67,7 @@ def time_cpu(logits, image, repeats: int, threads: int) -> dict:
     have_reference = importlib.util.find_spec("pydensecrf") is not None
     ours, reference_times = [], []
     probabilities = reference = None
+    load_before = os.getloadavg()
     for _ in range(repeats):
         if have_reference:
             started = time.perf_counter()
@@ -76,7 +77,9 @@ def time_cpu(logits, image, repeats: int, threads: int) -> dict:
         probabilities = dense_crf(logits, image, PARAMS, output="probabilities", num_threads=threads)
         ours.append(time.perf_counter() - started)
     result = {"threads": threads or os.cpu_count(), "segdeploy_ms": [t * 1e3 for t in ours],
-              "segdeploy_median_ms": statistics.median(ours) * 1e3}
+              "segdeploy_median_ms": statistics.median(ours) * 1e3,
+              # The machine's load (1-minute average) before and after: other processes share the cores.
+              "load_before": load_before[0], "load_after": os.getloadavg()[0], "cores": os.cpu_count()}
     if have_reference:
         result.update(pydensecrf2_ms=[t * 1e3 for t in reference_times],
                       pydensecrf2_median_ms=statistics.median(reference_times) * 1e3,
@@ -150,6 +153,7 @@ def main(argv=None) -> int:
                      f"vs reference: labels {cpu['label_agreement']:.5f}, mean |dQ| {cpu['mean_abs_dq']:.2e}")
         else:
             line += " (pydensecrf2 not installed: no reference timing)"
+        line += f"; load average {cpu['load_before']:.2f} -> {cpu['load_after']:.2f} on {cpu['cores']} cores"
         print(line)
     if kernels.cuda_device_count() > 0:
         report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities)

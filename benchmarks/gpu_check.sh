@@ -9,6 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
 BUILD=${BUILD_DIR:-build/gpu}
+case "$BUILD" in /*) ;; *) BUILD="$PWD/$BUILD" ;; esac  # absolute: the Python steps run from here too
 mkdir -p "$OUT"
 failed=()
 
@@ -31,18 +32,20 @@ step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 grep -E "TensorRT|CUDA compiler identification" "$OUT/configure.log" | sed 's/^/        /'
 step build cmake --build "$BUILD" -j "$(nproc)"
 step ctest ctest --test-dir "$BUILD" --output-on-failure
+
+# The benchmark before the slower checks, so that a short device session still gets its figures.
+export SEGDEPLOY_KERNELS_LIB="$BUILD/kernels/libsegdeploy_kernels.so" PYTHONPATH="$PWD"
+benchmark=(python3 benchmarks/crf.py --repeats 3 --json "$OUT/crf_benchmark.json")
+[ -n "${CRF_BENCH_IMAGE:-}" ] && benchmark+=(--image "$CRF_BENCH_IMAGE")
+[ -n "${CRF_BENCH_SKIP_CPU:-}" ] && benchmark+=(--skip-cpu)
+step benchmark "${benchmark[@]}"
+cat "$OUT/benchmark.log"
+step pytest python3 -m pytest tests/test_crf.py tests/test_crf_onnx.py -v -p no:cacheprovider -rs
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck initcheck racecheck; do
     step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/kernels/test_densecrf"
   done
 fi
-
-export SEGDEPLOY_KERNELS_LIB="$PWD/$BUILD/kernels/libsegdeploy_kernels.so" PYTHONPATH="$PWD"
-step pytest python3 -m pytest tests/test_crf.py tests/test_crf_onnx.py -v -p no:cacheprovider -rs
-benchmark=(python3 benchmarks/crf.py --repeats 3 --json "$OUT/crf_benchmark.json")
-[ -n "${CRF_BENCH_IMAGE:-}" ] && benchmark+=(--image "$CRF_BENCH_IMAGE")
-step benchmark "${benchmark[@]}"
-cat "$OUT/benchmark.log"
 if command -v nsys >/dev/null; then  # time per kernel, for tuning
   profile=(nsys profile --stats=true --force-overwrite true -o "${TMPDIR:-/tmp}/crf_profile" "${benchmark[@]:0:2}"
            --skip-cpu --gpu-repeats 5)

@@ -51,6 +51,7 @@ def benchmark_variant(spec, size, threads, warmup, iterations, workdir: Path) ->
     from segdeploy.models.calibration import calibrated_state_dict
     from segdeploy.models.flops import model_complexity, reference_input_size
     from segdeploy.models.loading import build_model
+    from segdeploy.parity import Thresholds
 
     size = reference_input_size(spec, size)
     complexity = model_complexity(spec, size)
@@ -58,7 +59,10 @@ def benchmark_variant(spec, size, threads, warmup, iterations, workdir: Path) ->
     # Calibrated at a small size: the statistics only need realistic scales, not this resolution.
     calibration_size = reference_input_size(spec, (128, 128))
     torch.save(calibrated_state_dict(spec.name, calibration_size), checkpoint)
-    result = export_model(spec.name, workdir / spec.name, checkpoint=checkpoint, input_size=size)
+    # Random ResNet-101-deep networks round to ~1e-3 at 512² on their own (see tests/test_models.py),
+    # so the gate here only catches gross errors; the table reports the measured max |Δ|.
+    gate = Thresholds(max_abs_diff=1e-2, min_agreement=0.0)
+    result = export_model(spec.name, workdir / spec.name, checkpoint=checkpoint, input_size=size, thresholds=gate)
 
     images = np.random.default_rng(0).standard_normal((1, 3, *size), dtype=np.float32)
     options = ort.SessionOptions()

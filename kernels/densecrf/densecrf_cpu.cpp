@@ -144,7 +144,7 @@ typedef float Value;
 inline Block load_block(const Value* p) { return *reinterpret_cast<const Block*>(p); }
 inline void store_block(Value* p, Block b) { *reinterpret_cast<Block*>(p) = b; }
 #endif
-constexpr int kMaxBlocks = 1024 / kBlockLanes;  // rows of up to 1024 classes on the stack
+constexpr int kSplatBlocks = 64 / kBlockLanes;
 inline int value_stride(int blocks) {  // in Values
   const int block_bytes = kBlockLanes * int(sizeof(Value));
   int row_blocks = 1;
@@ -231,7 +231,7 @@ class CpuLattice {
     timer("embed");
     // A small table stays in cache. Lattices of images rarely have more vertices than pixels
     // (the densecrf reference makes the same guess); the table grows when they do.
-    for (uint32_t table_size = table_size_for(pixels);; table_size *= 2) {
+    for (uint32_t table_size = table_size_for(2 * int64_t(pixels));; table_size *= 2) {
       SD_RESERVE(L.table, table_, table_size);
       L.table_mask = table_size - 1;
       L.max_fill = int32_t(std::min<int64_t>(table_size / 2, int64_t(L.entries) + 1));
@@ -343,17 +343,21 @@ class CpuLattice {
     std::fill(scratch + vertex_count_ * size_t(stride), scratch + rows * stride, Value{});
     const int32_t last_entry = L.entries - 1;
     pool.parallel_for(vertex_count_, [&](int64_t v) {
-      Block sum[kMaxBlocks];
-      for (int b = 0; b < blocks; ++b) sum[b] = Block{};
-      for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
-        prefetch_bytes(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width,
-                       width * sizeof(float));
-        const float w = splat_weight[k];
-        const Block* __restrict in = reinterpret_cast<const Block*>(q + int64_t(splat_pixel[k]) * width);
-        for (int b = 0; b < blocks; ++b) sum[b] += w * in[b];
+      // Sums in registers, kSplatBlocks Blocks of classes at a time (one pass for up to 64 classes).
+      for (int first = 0; first < blocks; first += kSplatBlocks) {
+        const int count = std::min(kSplatBlocks, blocks - first);
+        Block sum[kSplatBlocks] = {};
+        for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
+          if (first == 0)
+            prefetch_bytes(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width,
+                           width * sizeof(float));
+          const float w = splat_weight[k];
+          const Block* __restrict in = reinterpret_cast<const Block*>(q + int64_t(splat_pixel[k]) * width) + first;
+          for (int b = 0; b < count; ++b) sum[b] += w * in[b];
+        }
+        Value* out = values + v * stride + first * kBlockLanes;
+        for (int b = 0; b < count; ++b) store_block(out + b * kBlockLanes, sum[b]);
       }
-      Value* out = values + v * stride;
-      for (int b = 0; b < blocks; ++b) store_block(out + b * kBlockLanes, sum[b]);
     });
     return {};
   }

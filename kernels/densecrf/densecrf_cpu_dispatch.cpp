@@ -11,7 +11,7 @@ int thread_count(int requested) { return requested > 0 ? requested : available_c
 
 bool cpu_has_x86_64_v3() {
 #if defined(SD_CPU_X86_64_V3)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
