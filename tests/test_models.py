@@ -25,12 +25,10 @@ ALL_VARIANTS = [spec.name for spec in list_models()]
 
 
 def small_input_size(spec) -> tuple[int, int]:
-    """A small square the parity gate can use: at least 64 and two output strides. The unpadded
-    U-Net needs more: the gate's second shape (3/4 of the height) must leave it a bottleneck."""
-    if spec.valid_input_size:
-        return spec.valid_input_size(240, 240)
+    """A small square the parity gate can use: at least 64 and two output strides (the unpadded
+    U-Net: its smallest valid size at or above that)."""
     side = max(64, 2 * spec.output_stride)
-    return side, side
+    return spec.valid_input_size(side, side) if spec.valid_input_size else (side, side)
 
 
 def calibrated_checkpoint(name, path, **model_kwargs):
