@@ -11,22 +11,9 @@ import numpy as np
 from ..crf import CRFParams, dense_crf
 from ..errors import BadInputError
 from ..fileio import atomic_path
+from .common import echo_json, json_option
 
 _DEFAULTS = CRFParams()
-
-
-def label_palette() -> np.ndarray:
-    """The PASCAL VOC colour map (256 x RGB): class k's colour spreads the bits of k over R, G, B."""
-    palette = np.zeros((256, 3), np.uint8)
-    for label in range(256):
-        value, red, green, blue = label, 0, 0, 0
-        for bit in range(8):
-            red |= ((value >> 0) & 1) << (7 - bit)
-            green |= ((value >> 1) & 1) << (7 - bit)
-            blue |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette[label] = (red, green, blue)
-    return palette
 
 
 def _load_logits(path: Path) -> np.ndarray:
@@ -43,24 +30,7 @@ def _load_logits(path: Path) -> np.ndarray:
     return logits
 
 
-def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise BadInputError(f"cannot read {path} as an image: {exc}") from exc
-
-
-def _save_png(array: np.ndarray, path: Path, palette: np.ndarray | None = None) -> None:
-    from PIL import Image
-
-    if palette is None:
-        image = Image.fromarray(array)
-    else:
-        image = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array).tobytes())
-        image.putpalette(palette.ravel().tolist())
+def _save_png(image, path: Path) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
@@ -91,17 +61,28 @@ def _save_png(array: np.ndarray, path: Path, palette: np.ndarray | None = None) 
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Opacity of the mask in the overlay.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="CPU threads (0: all).")
+@json_option
 def crf(logits_path: Path, image_path: Path, out_path: Path | None, overlay_path: Path | None,
         probabilities_out: Path | None, unary_kind: str, iterations: int, spatial_weight: float, spatial_theta: float,
         bilateral_weight: float, bilateral_theta_xy: float, bilateral_theta_rgb: float, normalization: str,
-        alpha: float, threads: int):
+        alpha: float, threads: int, as_json: bool):
     """Refine segmentation logits with a fully-connected CRF (Krähenbühl & Koltun 2011).
 
     Writes the refined label mask as a palette PNG (pixel value = class) and an overlay of the
     mask on the image. Defaults are DeepLab v2's CRF parameters.
+
+    \b
+    Examples:
+      segdeploy crf --logits frame_logits.npy --image frame.png --out frame_mask.png
+      segdeploy crf --logits p.npy --unary-kind probabilities --image frame.png --bilateral-theta-xy 50 --bilateral-theta-rgb 10
     """
+    from PIL import Image
+
+    from ..preprocess import load_image
+    from ..visualize import label_image, overlay
+
     logits = _load_logits(logits_path)
-    image = _load_image(image_path)
+    image = load_image(image_path)
     if image.shape[:2] != logits.shape[1:]:
         raise BadInputError(
             f"image {image_path} is {image.shape[1]}x{image.shape[0]} but the logits are "
@@ -119,16 +100,17 @@ def crf(logits_path: Path, image_path: Path, out_path: Path | None, overlay_path
 
     out_path = out_path or Path(f"{image_path.stem}_crf_mask.png")
     overlay_path = overlay_path or out_path.with_name(f"{out_path.stem}_overlay.png")
-    palette = label_palette()
-    _save_png(labels.astype(np.uint8), out_path, palette)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * palette[labels].astype(np.float32)
-    _save_png(np.clip(blended + 0.5, 0, 255).astype(np.uint8), overlay_path)
+    _save_png(label_image(labels), out_path)
+    _save_png(Image.fromarray(overlay(image, labels, alpha)), overlay_path)
     written = [out_path, overlay_path]
     if probabilities_out is not None:
         with atomic_path(probabilities_out) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, probabilities)
         written.append(probabilities_out)
+    if as_json:
+        echo_json({"seconds": elapsed, "changed_fraction": changed, "written": [str(p) for p in written]})
+        return
     click.echo(
         f"refined {logits.shape[0]}-class {logits.shape[2]}x{logits.shape[1]} scores in {elapsed:.2f} s "
         f"({iterations} iterations); {changed:.1%} of the pixels changed label"
