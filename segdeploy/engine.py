@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,20 +215,9 @@ def _check_profile(profile: ShapeRange, dims: list, spec: dict) -> None:
 
 def plugin_library_path() -> Path:
     """Where segdeploy's TensorRT plugin library is: $SEGDEPLOY_TRT_PLUGIN_LIB, else ``segdeploy/_lib``."""
-    override = os.environ.get(PLUGIN_LIB_ENV)
-    if override:
-        return Path(override)
-    relative = Path("_lib") / PLUGIN_LIB_NAMES.get(sys.platform, PLUGIN_LIB_NAMES["linux"])
-    beside = Path(__file__).parent / relative
-    if beside.is_file():
-        return beside
-    try:  # a source checkout: the library of the installed distribution
-        from importlib.metadata import PackageNotFoundError, distribution
+    from .kernels import find_packaged_library
 
-        installed = Path(distribution("segdeploy").locate_file(Path("segdeploy") / relative))
-        return installed if installed.is_file() else beside
-    except PackageNotFoundError:
-        return beside
+    return find_packaged_library(PLUGIN_LIB_ENV, PLUGIN_LIB_NAMES)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -534,15 +522,10 @@ def write_engine_manifest(path, data: dict) -> None:
 
 
 def read_engine_manifest(path) -> dict:
-    import json
+    from .manifest import read_json_document
 
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not a readable engine manifest ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != ENGINE_SCHEMA:
-        raise BadInputError(f"{path}: not a segdeploy engine manifest (expected schema {ENGINE_SCHEMA!r})")
+    data = read_json_document(path, ENGINE_SCHEMA, "engine manifest")
     for key in ("engine", "tensorrt", "gpu", "profiles", "io"):
         if key not in data:
             raise BadInputError(f"{path}: engine manifest lacks {key!r}")

@@ -65,21 +65,27 @@ class CrfIO(ctypes.Structure):
     ]
 
 
-def library_path() -> Path:
-    override = os.environ.get("SEGDEPLOY_KERNELS_LIB")
+def find_packaged_library(env_var: str, file_names: dict[str, str]) -> Path:
+    """A shared library installed in ``segdeploy/_lib``: ``$env_var`` if set, else the one beside
+    this package, else (running from a source checkout) the installed distribution's."""
+    override = os.environ.get(env_var)
     if override:
         return Path(override)
-    relative = Path("_lib") / _LIB_NAMES.get(sys.platform, _LIB_NAMES["linux"])
+    relative = Path("_lib") / file_names.get(sys.platform, file_names["linux"])
     beside = Path(__file__).parent / relative
     if beside.is_file():
         return beside
-    # Running from a source checkout: use the library of the installed distribution.
     try:
         from importlib.metadata import PackageNotFoundError, distribution
 
-        return Path(distribution("segdeploy").locate_file(Path("segdeploy") / relative))
+        installed = Path(distribution("segdeploy").locate_file(Path("segdeploy") / relative))
+        return installed if installed.is_file() else beside
     except PackageNotFoundError:
         return beside
+
+
+def library_path() -> Path:
+    return find_packaged_library("SEGDEPLOY_KERNELS_LIB", _LIB_NAMES)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -37,11 +37,16 @@ def resolve_artifact(path: str | os.PathLike) -> tuple[Path, dict | None]:
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
+    return read_json_document(path, SCHEMA, "manifest")
+
+
+def read_json_document(path: str | os.PathLike, schema: str, what: str) -> dict:
+    """A JSON object whose ``schema`` field is ``schema``; anything else is a BadInputError."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not a readable manifest ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise BadInputError(f"{path}: not a segdeploy manifest (expected schema {SCHEMA!r})")
+        raise BadInputError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        raise BadInputError(f"{path}: not a segdeploy {what} (expected schema {schema!r})")
     return data

@@ -60,7 +60,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
     output = Path(output or Path("artifacts") / model_name.replace(":", "_"))
     with progress_status(not as_json) as progress:
         try:
-            result = export_model(
+            export_model(
                 model_name, output, num_classes=num_classes, model_kwargs=parse_key_values(model_args, "--model-arg"),
                 checkpoint=checkpoint, input_size=tuple(input_size), opset=opset, target=target,
                 thresholds=Thresholds(max_abs_diff, min_agreement), class_names=class_names, seed=seed,
