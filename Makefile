@@ -16,7 +16,7 @@ install: $(BIN)/python
 
 demo: install
 	$(BIN)/segdeploy export --model deeplabv3plus --input-size 512 512 --output $(OUT)/deeplabv3plus
-	$(BIN)/segdeploy bench $(OUT)/deeplabv3plus --backends torch,ort --input-size 512 512 --warmup auto
+	$(BIN)/segdeploy bench $(OUT)/deeplabv3plus --backends torch,ort --input-size 512 512 --warmup auto --plots $(OUT)/plots -o $(OUT)/bench.json
 
 test: install
 	$(BIN)/pytest -ra

@@ -44,6 +44,8 @@ class BenchSettings:
     threads: int | None = None
     #: Root of the sysfs tree read for Jetson power and thermal state.
     jetson_root: str = "/"
+    #: Also time the dense CRF (CPU kernel, DeepLab's parameters) as a post-processing step.
+    crf: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -153,8 +155,9 @@ def _power_summary(sampler, median_ms: float, batch: int) -> dict | None:
             "energy_mj_per_frame": total_mw * median_ms / batch / 1e3, "samples": len(sampler.samples)}
 
 
-def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 1280)) -> dict:
-    """Pre-processing (resize a camera frame + normalise) and post-processing (argmax to labels), numpy on the CPU."""
+def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 1280), crf: bool = False) -> dict:
+    """Pre-processing (resize a camera frame + normalise) and post-processing (argmax to labels,
+    optionally the dense CRF), on the CPU."""
     from .preprocess import input_spec, normalize, resize
 
     rng = np.random.default_rng(0)
@@ -165,10 +168,21 @@ def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 
     post = lambda: logits.argmax(axis=1).astype(np.uint8)  # noqa: E731
     warm_up(pre, 1)
     warm_up(post, 1)
-    return {
+    stages = {
         "preprocess": {"what": f"resize {source_hw[0]}x{source_hw[1]} uint8 -> normalised float32 NCHW", **latency_stats(timed_runs(pre, 10), 1)},
         "postprocess": {"what": "argmax over classes -> uint8 labels", **latency_stats(timed_runs(post, 10), 1)},
     }
+    if crf:
+        from .crf import CRFParams, dense_crf
+        from .parity import sample_pictures
+
+        picture = sample_pictures((1, 3, height, width))
+        refine = lambda: dense_crf(logits, picture, output="labels")  # noqa: E731
+        warm_up(refine, 1)
+        params = CRFParams()
+        stages["crf"] = {"what": f"dense CRF on the CPU ({params.iterations} iterations, DeepLab v2 parameters)",
+                         **latency_stats(timed_runs(refine, 3), 1)}
+    return stages
 
 
 def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings, progress=lambda message: None) -> dict:
@@ -195,7 +209,7 @@ def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings
         "machine": _machine(),
         "jetson": jetson.board_state(Path(settings.jetson_root)),
         "results": results,
-        "processing": bench_processing(settings.height, settings.width, results[0]["num_classes"]),
+        "processing": bench_processing(settings.height, settings.width, results[0]["num_classes"], crf=settings.crf),
     }
 
 

@@ -61,8 +61,7 @@ def print_table(report: dict) -> None:
                       f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f} ± {r['std_ms']:.2f}",
                       f"{r['throughput_ips']:.1f}", f"{gpu['median_ms']:.2f}" if gpu else "–", f"{r['peak_rss_mb']:.0f}",
                       f"{power['energy_mj_per_frame']:.1f}" if power else "–", f"{r['speedup_vs_first']:.2f}x")
-    for stage in ("preprocess", "postprocess"):
-        p = report["processing"][stage]
+    for stage, p in report["processing"].items():
         table.add_row(f"[dim]{stage}[/dim]", "1", f"{p['median_ms']:.2f}", f"{p['p90_ms']:.2f}", f"{p['p99_ms']:.2f}",
                       f"{p['mean_ms']:.2f} ± {p['std_ms']:.2f}", "", "", "", "", "")
     console = wide_console()
@@ -75,8 +74,8 @@ def print_table(report: dict) -> None:
     if jetson:
         console.print(f"Jetson {jetson.get('l4t')} · power mode {jetson.get('power_mode')}"
                       + (f" · [red]THROTTLED[/red] ({', '.join(jetson['throttled'])})" if jetson.get("throttled") else ""))
-    console.print(f"[dim]model figures exclude pre/post-processing (numpy, CPU), timed apart: "
-                  f"{report['processing']['preprocess']['what']}; {report['processing']['postprocess']['what']}[/dim]")
+    console.print("[dim]model figures exclude pre/post-processing (CPU), timed apart: "
+                  + "; ".join(f"{stage}: {p['what']}" for stage, p in report["processing"].items()) + "[/dim]")
 
 
 def compare_rows(before: dict, after: dict) -> list[dict]:

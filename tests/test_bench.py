@@ -132,3 +132,12 @@ def test_bench_reports_energy_per_frame_on_a_jetson_tree(artifact, tmp_path):
     # 6 W for one frame of median latency: mW × ms / 1000 = mJ
     assert power["energy_mj_per_frame"] == pytest.approx(6000.0 * row["median_ms"] / 1e3)
     assert report["jetson"]["throttled"] == [] and report["jetson"]["l4t"] == "R36.4.3"
+
+
+def test_dense_crf_is_timed_as_a_post_processing_step(artifact):
+    proc = run_cli("bench", artifact, "--iterations", "2", "--crf", "--json")
+    assert proc.returncode == 0, proc.stderr
+    processing = json.loads(proc.stdout)["processing"]
+    assert list(processing) == ["preprocess", "postprocess", "crf"]
+    assert processing["crf"]["iterations"] == 3 and processing["crf"]["median_ms"] > processing["postprocess"]["median_ms"]
+    jsonschema.validate(json.loads(proc.stdout), json.loads(SCHEMA_FILE.read_text()))

@@ -49,10 +49,11 @@ def _warmup(ctx, param, value: str) -> int | None:
 @click.option("--plots", type=click.Path(file_okay=False), help="Write latency.png (and accuracy_vs_latency.png) into this folder.")
 @click.option("--compare", nargs=2, type=click.Path(dir_okay=False), metavar="BEFORE.json AFTER.json",
               help="Compare two saved runs (two machines, two builds) instead of benchmarking.")
+@click.option("--crf", is_flag=True, help="Also time the dense CRF as a post-processing step (CPU kernel).")
 @click.option("--jetson-root", default="/", hidden=True, help="Root of the sysfs tree read for Jetson power rails.")
 @json_option
 def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, output, plots, compare,
-          jetson_root, as_json):
+          crf, jetson_root, as_json):
     """Latency, throughput and peak memory of ARTIFACTS on several backends, side by side.
 
     Each ARTIFACT is an export folder (model.onnx + manifest.json) or an ONNX file; give
@@ -67,6 +68,7 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
       segdeploy bench artifacts/deeplabv3plus --backends torch,ort
       segdeploy bench fp32/ fp16/ int8/ --batch 1,4 --plots plots -o bench.json
       segdeploy bench model.onnx --input-size 720 1280 --seconds 10 --json
+      segdeploy bench artifacts/deeplabv3plus --crf          # + dense CRF post-processing
       segdeploy bench --compare desktop.json jetson.json
     """
     from ..bench_report import compare_rows, load_report, print_compare, print_table, write_plots
@@ -79,7 +81,7 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
         return
     if not artifacts:
         raise click.UsageError("give at least one ARTIFACT (an export folder or an ONNX file)")
-    report = _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, jetson_root, as_json)
+    report = _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, as_json)
     if output:
         from ..fileio import write_json
 
@@ -93,7 +95,7 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
         click.echo(f"wrote {path}")
 
 
-def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, jetson_root, quiet):
+def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, quiet):
     from ..bench import BenchSettings, run_bench
     from ..manifest import resolve_artifact
 
@@ -105,6 +107,6 @@ def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, 
     else:
         raise click.UsageError(f"{artifacts[0]} has no manifest: give --input-size H W")
     settings = BenchSettings(batches=batches, height=height, width=width, warmup=warmup, iterations=iterations,
-                             seconds=seconds, threads=threads, jetson_root=jetson_root)
+                             seconds=seconds, threads=threads, jetson_root=jetson_root, crf=crf)
     with progress_status(not quiet) as progress:
         return run_bench(list(artifacts), backends, settings, progress=progress)
