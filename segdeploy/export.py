@@ -92,7 +92,9 @@ def export_model(
 
     progress(f"building {model_name}")
     model = build_model(model_name, args, checkpoint=checkpoint, seed=seed)
-    multiple = spec.output_stride if spec else getattr(model, "output_stride", DEFAULT_SIZE_MULTIPLE)
+    # Input sizes must be multiples of the network's total downsampling: the variant's output
+    # stride, or the one asked for with --model-arg output_stride=N.
+    multiple = int(args.get("output_stride") or (spec.output_stride if spec else getattr(model, "output_stride", DEFAULT_SIZE_MULTIPLE)))
     height, width = _check_input_size(input_size, multiple, spec)
     spec_in = input_spec(height, width, size_multiple=multiple)
 
@@ -123,6 +125,7 @@ def export_model(
                 "checkpoint": checkpoint,
                 "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
                 "seed": seed,
+                "init": "checkpoint" if checkpoint else ("random, batch norm calibrated" if spec else "random"),
                 "output_stride": multiple,
             },
             "classes": class_names or default_class_names(num_classes),

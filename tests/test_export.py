@@ -49,6 +49,18 @@ def test_deeplabv3plus_exports_with_dynamic_axes_and_passes_parity_at_two_shapes
         assert result["max_abs_diff"] <= 1e-3
 
 
+def test_torch_backend_rebuilds_the_exported_random_network(deeplab_export):
+    from segdeploy.backend import make_runner
+    from segdeploy.manifest import resolve_artifact
+
+    out, manifest = deeplab_export
+    assert manifest["model"]["init"] == "random, batch norm calibrated" and manifest["model"]["checkpoint"] is None
+    onnx_path, manifest = resolve_artifact(out)
+    feed = {"images": sample_images((1, 3, 64, 96), manifest["input"], seed=5)}
+    with make_runner("torch", onnx_path, manifest) as rebuilt, make_runner("ort", onnx_path, manifest) as exported:
+        np.testing.assert_allclose(rebuilt.infer(feed)["logits"], exported.infer(feed)["logits"], atol=1e-3)
+
+
 def test_exported_graph_runs_at_a_third_shape(deeplab_export):
     out, manifest = deeplab_export
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -78,6 +78,12 @@ def test_every_variant_exports_and_passes_the_parity_gate(name, model_kwargs, tm
         thresholds=thresholds,
     )
     assert result.passed
+    # export_model linted the graph for its target (trt11); the other opset-18 targets' parsers too.
+    from segdeploy.lint import errors, lint_onnx
+
+    assert errors(result.lint) == []
+    for target in ("jetpack6.2", "trt10", "cpu"):
+        assert errors(lint_onnx(result.onnx_path, target)) == [], target
     assert sorted(r.shape[0] for r in result.parity) == [1, 2]
     assert len({r.shape[2:] for r in result.parity}) == 2
     if model_kwargs.get("return_boundary"):
