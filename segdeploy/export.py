@@ -138,7 +138,7 @@ def export_model(
                 "sha256": sha256_file(tmp_onnx),
                 "bytes": tmp_onnx.stat().st_size,
                 "opset": opset,
-                "exporter": f"torch.onnx ({exporter})",
+                "exporter": exporter,  # torch.onnx with dynamo=True, or the TorchScript exporter
                 "precision": "fp32",
                 "target": profile.name,
                 "export_seconds": round(export_seconds, 3),

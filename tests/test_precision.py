@@ -254,6 +254,9 @@ def test_foreign_onnx_needs_and_records_the_command_line_normalisation(fixture_a
     shutil.copy(fixture_artifact / "model.onnx", foreign)
     assert_clean_error(run_cli("quantize", foreign, "--calib", image_folders["calib"]), 2, "--mean", "--std")
     norm = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+    # The graph's height and width are dynamic: the calibration size must be given.
+    assert_clean_error(run_cli("quantize", foreign, "--calib", image_folders["calib"], *norm), 2, "--size H W")
+    norm += ["--size", "64", "64"]
     result, _ = run_json("quantize", foreign, "--calib", image_folders["calib"], *norm, "--max-images", "16")
     assert result["output"] == str(tmp_path / "theirs_int8") and result["target"] == "trt11" and result["gate"]["passed"]
     manifest = json.loads((tmp_path / "theirs_int8" / "manifest.json").read_text())
