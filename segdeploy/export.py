@@ -125,7 +125,7 @@ def export_model(
                 "checkpoint": checkpoint,
                 "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
                 "seed": seed,
-                "init": "checkpoint" if checkpoint else ("random, batch norm calibrated" if spec else "random"),
+                "init": "checkpoint" if checkpoint else f"random (seed {seed})",
                 "output_stride": multiple,
             },
             "classes": class_names or default_class_names(num_classes),

@@ -54,7 +54,7 @@ def test_torch_backend_rebuilds_the_exported_random_network(deeplab_export):
     from segdeploy.manifest import resolve_artifact
 
     out, manifest = deeplab_export
-    assert manifest["model"]["init"] == "random, batch norm calibrated" and manifest["model"]["checkpoint"] is None
+    assert manifest["model"]["init"] == "random (seed 0)" and manifest["model"]["checkpoint"] is None
     onnx_path, manifest = resolve_artifact(out)
     feed = {"images": sample_images((1, 3, 64, 96), manifest["input"], seed=5)}
     with make_runner("torch", onnx_path, manifest) as rebuilt, make_runner("ort", onnx_path, manifest) as exported:

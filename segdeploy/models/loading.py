@@ -13,8 +13,7 @@ _MAX_LISTED = 8
 
 
 def build_model(name: str, args: dict, checkpoint: str | None = None, seed: int = 0):
-    """The model ``name`` built with ``args``; weights from ``checkpoint`` or a seeded random init
-    (registered variants: with batch-norm statistics calibrated on seeded random images).
+    """The model ``name`` built with ``args``; weights from ``checkpoint`` or a seeded random init.
 
     The seed makes a random-init export reproducible, so the torch backend can rebuild the
     exact network that was exported without shipping its weights.
@@ -23,22 +22,10 @@ def build_model(name: str, args: dict, checkpoint: str | None = None, seed: int 
 
     torch.manual_seed(seed)
     model = create_model(name, **args)
-    spec = None if ":" in name else get_spec(name)
     if checkpoint:
+        spec = None if ":" in name else get_spec(name)
         load_checkpoint(model, checkpoint, spec)
-    elif spec is not None:
-        from .calibration import calibrate_batch_norm
-
-        # Fresh batch norms do nothing in eval mode and random logits then reach ~1e4, which
-        # makes an absolute parity tolerance meaningless: give them a trained network's scale.
-        calibrate_batch_norm(model, calibration_size(spec), seed=seed)
     return model.eval()
-
-
-def calibration_size(spec) -> tuple[int, int]:
-    """A small input size the variant accepts, for batch-norm calibration of random weights."""
-    side = max(64, 4 * spec.output_stride)
-    return spec.valid_input_size(side, side) if spec.valid_input_size else (side, side)
 
 
 def read_state_dict(path: str | Path) -> dict:
