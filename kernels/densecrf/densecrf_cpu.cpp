@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 #if defined(__F16C__) && defined(__AVX__)
 #include <immintrin.h>
@@ -155,16 +156,30 @@ inline int value_stride(int blocks) {  // in Values
 
 inline Block broadcast(float value) { return Block{} + value; }
 
-inline float horizontal_max(Block b) {
-  float m = b[0];
-  for (int l = 1; l < kBlockLanes; ++l) m = std::max(m, b[l]);
-  return m;
-}
+inline Block max(Block a, Block b) { return a > b ? a : b; }
 
-inline float horizontal_sum(Block b) {
-  float s = 0.0f;
-  for (int l = 0; l < kBlockLanes; ++l) s += b[l];
-  return s;
+// Every lane of the result holds the maximum (sum) of b's lanes: a tree of lane swaps, whose
+// short dependency chain matters in the softmax, which runs once per pixel and iteration.
+#if defined(__AVX__)
+inline Block swap_lanes(Block b, int distance) {
+  switch (distance) {
+    case 4: return __builtin_shufflevector(b, b, 4, 5, 6, 7, 0, 1, 2, 3);
+    case 2: return __builtin_shufflevector(b, b, 2, 3, 0, 1, 6, 7, 4, 5);
+    default: return __builtin_shufflevector(b, b, 1, 0, 3, 2, 5, 4, 7, 6);
+  }
+}
+#else
+inline Block swap_lanes(Block b, int distance) {
+  return distance == 2 ? __builtin_shufflevector(b, b, 2, 3, 0, 1) : __builtin_shufflevector(b, b, 1, 0, 3, 2);
+}
+#endif
+inline Block all_lanes_max(Block b) {
+  for (int distance = kBlockLanes / 2; distance > 0; distance /= 2) b = max(b, swap_lanes(b, distance));
+  return b;
+}
+inline Block all_lanes_sum(Block b) {
+  for (int distance = kBlockLanes / 2; distance > 0; distance /= 2) b += swap_lanes(b, distance);
+  return b;
 }
 
 // exp(x) for x <= 0 within 2 ulp (Cephes' polynomial after a Cody-Waite reduction), exactly 0
@@ -190,15 +205,30 @@ inline Block exp_nonpositive(Block x) {
 // In-place softmax of one row (padding holds kPaddingLogProb and comes out as 0).
 inline void softmax_row(Block* __restrict row, int blocks) {
   Block largest = row[0];
-  for (int b = 1; b < blocks; ++b) largest = largest > row[b] ? largest : row[b];
-  const float shift = horizontal_max(largest);
+  for (int b = 1; b < blocks; ++b) largest = max(largest, row[b]);
+  const Block shift = all_lanes_max(largest);
   Block total{};
   for (int b = 0; b < blocks; ++b) {
     row[b] = exp_nonpositive(row[b] - shift);
     total += row[b];
   }
-  const float inverse = 1.0f / horizontal_sum(total);
+  const Block inverse = 1.0f / all_lanes_sum(total);
   for (int b = 0; b < blocks; ++b) row[b] *= inverse;
+}
+
+// Calls body(std::integral_constant<int, K>(), first) over a row's Blocks in groups: K = 4 while
+// four or more remain, then one group of the 1 to 3 left (21 classes: one group of 3). With K a
+// constant the compiler keeps a group's sums in registers.
+template <typename Body>
+inline void for_each_block_group(int blocks, const Body& body) {
+  int first = 0;
+  for (; first + 4 <= blocks; first += 4) body(std::integral_constant<int, 4>(), first);
+  switch (blocks - first) {
+    case 1: body(std::integral_constant<int, 1>(), first); break;
+    case 2: body(std::integral_constant<int, 2>(), first); break;
+    case 3: body(std::integral_constant<int, 3>(), first); break;
+    default: break;
+  }
 }
 
 // One lattice with the weights that fold in the kernel's normalisation and Potts weight.
@@ -216,10 +246,10 @@ class CpuLattice {
     const size_t entries = size_t(L.entries);
     SD_RESERVE(L.keys, keys_, entries * D);
     SD_RESERVE(L.barycentric, barycentric_, entries);
-    SD_RESERVE(L.entry_slot, entry_slot_, entries);
-    SD_RESERVE(L.owner_rank, owner_rank_, entries);
     SD_RESERVE(L.entry_vertex, entry_vertex_, entries);
-    L.table_fill = &table_fill_;
+    // Every entry could open a vertex: the vertex arrays are sized for that.
+    SD_RESERVE(L.vertex_keys, vertex_keys_, entries * D);
+    SD_RESERVE(L.vertex_size, vertex_size_, entries);
 
     PhaseTimer timer;
     const LatticeScale<D> scale;
@@ -231,31 +261,12 @@ class CpuLattice {
     timer("embed");
     // A small table stays in cache. Lattices of images rarely have more vertices than pixels
     // (the densecrf reference makes the same guess); the table grows when they do.
-    for (uint32_t table_size = table_size_for(2 * int64_t(pixels));; table_size *= 2) {
-      SD_RESERVE(L.table, table_, table_size);
-      L.table_mask = table_size - 1;
-      L.max_fill = int32_t(std::min<int64_t>(table_size / 2, int64_t(L.entries) + 1));
-      std::fill(L.table, L.table + table_size, TableSlot{kEmptySlot, 0});
-      table_fill_ = 0;
-      constexpr int kAhead = 8;  // entries: hide the latency of the next slots
-      pool.parallel_for(L.entries, [&](int64_t entry) {
-        if (entry + kAhead < L.entries) prefetch(L.table + (hash_key<D>(L.key(int32_t(entry + kAhead))) & L.table_mask));
-        insert_entry<D>(L, int32_t(entry));
-      });
-      if (table_fill_ < L.max_fill) break;
-    }
-    timer("insert");
-    pool.parallel_for(L.entries, [&](int64_t entry) { L.owner_rank[entry] = owns_key<D>(L, int32_t(entry)); });
-    const int32_t vertices = int32_t(exclusive_scan(L.owner_rank, L.entries));
+    SD_RETURN_IF_ERROR(resize_table(table_size_for(2 * int64_t(pixels)), 0));
+    const int32_t vertices = insert_entries();
+    if (vertices < 0) return out_of_host_memory();
     vertex_count_ = vertices;
     L.vertex_count = &vertex_count_;
-    SD_RESERVE(L.vertex_keys, vertex_keys_, size_t(vertices) * D);
-    SD_RESERVE(L.vertex_size, vertex_size_, size_t(vertices));
-    std::fill(L.vertex_size, L.vertex_size + vertices, 0);
-    timer("owner");
-    pool.parallel_for(L.entries, [&](int64_t entry) { assign_vertex<D>(L, int32_t(entry)); });
-    pool.parallel_for(int64_t(L.table_mask) + 1, [&](int64_t slot) { relabel_slot<D>(L, uint32_t(slot)); });
-    timer("assign");
+    timer("insert");
 
     SD_RESERVE(L.segment_start, segment_start_, size_t(vertices) + 1);
     std::copy(L.vertex_size, L.vertex_size + vertices, L.segment_start);
@@ -271,7 +282,55 @@ class CpuLattice {
     SD_RESERVE(L.neighbors, neighbors_, size_t(vertices) * 2 * kVertices);
     pool.parallel_for(vertices, [&](int64_t v) { find_neighbors<D>(L, int32_t(v), vertices); }, 256);
     timer("neighbors");
+    SD_RETURN_IF_ERROR(build_chains(pool));
+    timer("chains");
     if (timer.on) std::fprintf(stderr, "  D=%d pixels=%d vertices=%d\n", D, pixels, vertices);
+    return {};
+  }
+
+  // Numbers the entries' keys in a single thread, in entry order: a vertex's number is the rank
+  // of its first entry among first entries, as the parallel steps of lattice_build.h give on the
+  // GPU, without their atomics (which cost more than they save on a few cores). Returns the
+  // vertex count, or -1 when the table cannot grow.
+  int32_t insert_entries() {
+    LatticeArrays<D>& L = L_;
+    int32_t vertices = 0;
+    constexpr int kAhead = 8;  // entries: the next slots are fetched while this one is probed
+    for (int32_t entry = 0; entry < L.entries; ++entry) {
+      if (entry + kAhead < L.entries) prefetch(L.table + (hash_key<D>(L.key(entry + kAhead)) & L.table_mask));
+      const int32_t* key = L.key(entry);
+      const uint32_t hash = hash_key<D>(key);
+      uint32_t slot = hash & L.table_mask;
+      while (L.table[slot].held != kEmptySlot &&
+             !(L.table[slot].hash == hash && same_key<D>(L.vertex_key(L.table[slot].held), key)))
+        slot = (slot + 1) & L.table_mask;
+      int32_t vertex = L.table[slot].held;
+      if (vertex == kEmptySlot) {
+        vertex = vertices++;
+        L.table[slot] = TableSlot{vertex, hash};
+        std::copy(key, key + D, L.vertex_keys + int64_t(vertex) * D);
+        L.vertex_size[vertex] = 0;
+        if (uint32_t(vertices) > L.table_mask / 2 && resize_table(2 * (L.table_mask + 1), vertices)) return -1;
+      }
+      L.entry_vertex[entry] = vertex;
+      ++L.vertex_size[vertex];
+    }
+    return vertices;
+  }
+
+  // An empty table of `size` slots holding the first `vertices` vertices.
+  Error resize_table(uint32_t size, int32_t vertices) {
+    LatticeArrays<D>& L = L_;
+    if (size == 0) return out_of_host_memory();  // the size wrapped around
+    SD_RESERVE(L.table, table_, size);
+    L.table_mask = size - 1;
+    std::fill(L.table, L.table + size, TableSlot{kEmptySlot, 0});
+    for (int32_t v = 0; v < vertices; ++v) {
+      const uint32_t hash = hash_key<D>(L.vertex_key(v));
+      uint32_t slot = hash & L.table_mask;
+      while (L.table[slot].held != kEmptySlot) slot = (slot + 1) & L.table_mask;
+      L.table[slot] = TableSlot{v, hash};
+    }
     return {};
   }
 
@@ -281,22 +340,27 @@ class CpuLattice {
     const LatticeArrays<D>& L = L_;
     float* splat_weight;
     int32_t* splat_pixel;
-    float* ones;
+    float* pre;
     float* slice_weight;
+    float* row_sum;
     SD_RESERVE(splat_weight, splat_weight_, size_t(L.entries));
     SD_RESERVE(splat_pixel, splat_pixel_, size_t(L.entries));
-    SD_RESERVE(ones, pixel_scratch_, size_t(L.pixels) * 2);
+    SD_RESERVE(pre, pixel_scratch_, size_t(L.pixels) * 2);
     SD_RESERVE(slice_weight, slice_weight_, size_t(L.entries));
+    SD_RESERVE(row_sum, row_sum_, size_t(vertex_count_));
     pool.parallel_for(L.entries, [&](int64_t k) {
       const int32_t entry = L.segment_entry[k];
       splat_weight[k] = L.barycentric[entry];
       splat_pixel[k] = entry / kVertices;
     });
-    std::fill(ones, ones + L.pixels, 1.0f);
-    SD_RETURN_IF_ERROR(splat(ones, 1, pool));
-    const float* row_sum = blur_row_sums(pool);
-    float* pre = ones;  // the ones are splatted already
-    float* post = ones + L.pixels;
+    // The kernel applied to an image of ones: splatting ones sums the barycentric weights.
+    pool.parallel_for(vertex_count_, [&](int64_t v) {
+      float sum = 0.0f;
+      for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) sum += splat_weight[k];
+      row_sum[v] = sum;
+    });
+    blur_chains(SumRows{row_sum}, pool);
+    float* post = pre + L.pixels;
     const float scale = slice_scale<D>();
     pool.parallel_for(L.pixels, [&](int64_t pixel) {
       float sum = 0.0f;
@@ -313,95 +377,136 @@ class CpuLattice {
     return {};
   }
 
-  // values[v] = Σ over the vertex's entries of splat weight × q[pixel]. width == 1: the row sums,
-  // in float rows of 1; else `blocks` Blocks of q rows into Value rows of value_stride(blocks).
-  Error splat(const float* q, int width, ThreadPool& pool) {
+  // values[v] = Σ over the vertex's entries of splat weight × q[pixel], for q rows of `blocks`
+  // Blocks, into rows of value_stride(blocks).
+  Error splat(const float* q, int blocks, ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
-    const size_t rows = size_t(vertex_count_) + 1;  // + the zero row that stands for "no neighbour"
+    const size_t rows = size_t(vertex_count_);
     const float* splat_weight = splat_weight_.get();
     const int32_t* splat_pixel = splat_pixel_.get();
-    if (width == 1) {
-      float* values;
-      float* scratch;
-      SD_RESERVE(values, values_, rows);
-      SD_RESERVE(scratch, scratch_, rows);
-      values[vertex_count_] = scratch[vertex_count_] = 0.0f;
-      pool.parallel_for(vertex_count_, [&](int64_t v) {
-        float sum = 0.0f;
-        for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) sum += splat_weight[k] * q[splat_pixel[k]];
-        values[v] = sum;
-      });
-      return {};
-    }
-    const int blocks = width / kBlockLanes;
+    const int width = blocks * kBlockLanes;
     const int stride = value_stride(blocks);
     Value* values;
-    Value* scratch;
     SD_RESERVE(values, class_values_, rows * stride);
-    SD_RESERVE(scratch, class_scratch_, rows * stride);
-    std::fill(values + vertex_count_ * size_t(stride), values + rows * stride, Value{});
-    std::fill(scratch + vertex_count_ * size_t(stride), scratch + rows * stride, Value{});
     const int32_t last_entry = L.entries - 1;
     pool.parallel_for(vertex_count_, [&](int64_t v) {
-      // Sums in registers, kSplatBlocks Blocks of classes at a time (one pass for up to 64 classes).
-      for (int first = 0; first < blocks; first += kSplatBlocks) {
-        const int count = std::min(kSplatBlocks, blocks - first);
-        Block sum[kSplatBlocks] = {};
+      for_each_block_group(blocks, [&](auto group, int first) {
+        constexpr int kCount = decltype(group)::value;
+        Block sum[kCount] = {};
         for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
           if (first == 0)
             prefetch_bytes(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width,
                            width * sizeof(float));
           const float w = splat_weight[k];
           const Block* __restrict in = reinterpret_cast<const Block*>(q + int64_t(splat_pixel[k]) * width) + first;
-          for (int b = 0; b < count; ++b) sum[b] += w * in[b];
+          for (int b = 0; b < kCount; ++b) sum[b] += w * in[b];
         }
         Value* out = values + v * stride + first * kBlockLanes;
-        for (int b = 0; b < count; ++b) store_block(out + b * kBlockLanes, sum[b]);
-      }
+        for (int b = 0; b < kCount; ++b) store_block(out + b * kBlockLanes, sum[b]);
+      });
     });
     return {};
   }
 
-  // The D+1 blur passes over the splatted values (float rows of 1 when width == 1).
-  const float* blur_row_sums(ThreadPool& pool) {
+  // The blur along one axis couples each vertex with its two neighbours along it, so the
+  // vertices fall into chains, one per line of the lattice in that direction. They are
+  // listed once per lattice; the blur then walks each chain in place, carrying the old values of
+  // the previous vertex in registers, and never touches a vertex without neighbours along the
+  // axis (a fifth to a third of them on photos). That reads and writes each row once per axis
+  // where a ping-pong pass over all vertices reads three rows and writes one.
+  Error build_chains(ThreadPool& pool) {
     const LatticeArrays<D>& L = L_;
-    float* source = values_.get();
-    float* target = scratch_.get();
-    for (int axis = 0; axis < kVertices; ++axis) {
-      const int32_t* neighbors = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
-      pool.parallel_for(vertex_count_, [&](int64_t v) {
-        target[v] = source[v] + 0.5f * (source[neighbors[2 * v]] + source[neighbors[2 * v + 1]]);
-      });
-      std::swap(source, target);
-    }
-    return source;
+    const int32_t vertices = vertex_count_;
+    const int64_t max_chains = vertices / 2 + 1;  // a chain has two or more vertices
+    SD_RESERVE(chain_vertex_all_, chain_vertex_, size_t(vertices) * kVertices);
+    SD_RESERVE(chain_start_all_, chain_start_, size_t(max_chains + 1) * kVertices);
+    pool.parallel_for(kVertices, [&](int64_t axis) {
+      const int32_t* neighbors = L.neighbors + axis * L.neighbor_stride * 2;
+      int32_t* chain_vertex = chain_vertex_all_ + axis * vertices;
+      int32_t* chain_start = chain_start_all_ + axis * (max_chains + 1);
+      int32_t length = 0, chains = 0;
+      for (int32_t head = 0; head < vertices; ++head) {
+        if (neighbors[2 * head] != vertices || neighbors[2 * head + 1] == vertices) continue;
+        chain_start[chains++] = length;
+        for (int32_t v = head; v != vertices; v = neighbors[2 * v + 1]) chain_vertex[length++] = v;
+      }
+      chain_start[chains] = length;
+      chain_count_[axis] = chains;
+    }, 1);
+    return {};
   }
 
-  // The D+1 blur passes over the class rows; returns the buffer holding the result.
-  const Value* blur(int blocks, ThreadPool& pool) {
-    const LatticeArrays<D>& L = L_;
-    const int stride = value_stride(blocks);
-    Value* source = class_values_.get();
-    Value* target = class_scratch_.get();
-    const int64_t last = vertex_count_ - 1;
+  // The D+1 blur passes over rows of values, in place: each vertex becomes
+  // itself + (lower + upper) / 2 with the values before the pass. `Rows` reads and writes one
+  // vertex's row as a `Rows::Row` (zero for an absent neighbour) and prefetches it.
+  template <typename Rows>
+  void blur_chains(const Rows& rows, ThreadPool& pool) const {
+    using Row = typename Rows::Row;
+    const int64_t max_chains = vertex_count_ / 2 + 1;
     for (int axis = 0; axis < kVertices; ++axis) {
-      const int32_t* neighbors = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
-      pool.parallel_for(vertex_count_, [&](int64_t v) {
-        const int64_t ahead = std::min(v + kPrefetchAhead / 2, last);
-        prefetch_bytes(source + int64_t(neighbors[2 * ahead]) * stride, blocks * kBlockLanes * sizeof(Value));
-        prefetch_bytes(source + int64_t(neighbors[2 * ahead + 1]) * stride, blocks * kBlockLanes * sizeof(Value));
-        const Value* self = source + v * stride;
-        const Value* lower = source + int64_t(neighbors[2 * v]) * stride;
-        const Value* upper = source + int64_t(neighbors[2 * v + 1]) * stride;
-        Value* out = target + v * stride;
-        for (int b = 0; b < blocks; ++b) {
-          const int o = b * kBlockLanes;
-          store_block(out + o, load_block(self + o) + 0.5f * (load_block(lower + o) + load_block(upper + o)));
+      const int32_t* chain_vertex = chain_vertex_all_ + int64_t(axis) * vertex_count_;
+      const int32_t* chain_start = chain_start_all_ + axis * (max_chains + 1);
+      const int32_t last = chain_start[chain_count_[axis]] - 1;
+      pool.parallel_for(chain_count_[axis], [&](int64_t chain) {
+        const int32_t end = chain_start[chain + 1];
+        Row previous{}, current = rows.load(chain_vertex[chain_start[chain]]);
+        for (int32_t i = chain_start[chain]; i < end; ++i) {
+          rows.prefetch(chain_vertex[std::min(i + kPrefetchAhead, last)]);
+          const Row next = i + 1 < end ? rows.load(chain_vertex[i + 1]) : Row{};
+          rows.store(chain_vertex[i], current, Rows::blurred(current, previous, next));
+          previous = current;
+          current = next;
         }
-      });
-      std::swap(source, target);
+      }, 256);
     }
-    return source;
+  }
+
+  // Row sums: float rows of 1.
+  struct SumRows {
+    struct Row {
+      float value = 0.0f;
+    };
+    float* values;
+    Row load(int32_t v) const { return {values[v]}; }
+    void prefetch(int32_t v) const { __builtin_prefetch(values + v); }
+    void store(int32_t v, const Row&, const Row& row) const { values[v] = row.value; }
+    static Row blurred(const Row& self, const Row& lower, const Row& upper) {
+      return {self.value + 0.5f * (lower.value + upper.value)};
+    }
+  };
+
+  // Class rows: Value rows of value_stride(blocks), blurred in groups of kCount Blocks.
+  template <int kCount>
+  struct ClassRows {
+    struct Row {
+      Block block[kCount] = {};
+    };
+    Value* values;  // at the group's first class
+    int stride;
+    Row load(int32_t v) const {
+      Row row;
+      const Value* in = values + int64_t(v) * stride;
+      for (int b = 0; b < kCount; ++b) row.block[b] = load_block(in + b * kBlockLanes);
+      return row;
+    }
+    void prefetch(int32_t v) const { prefetch_bytes(values + int64_t(v) * stride, kCount * kBlockLanes * sizeof(Value)); }
+    void store(int32_t v, const Row&, const Row& row) const {
+      Value* out = values + int64_t(v) * stride;
+      for (int b = 0; b < kCount; ++b) store_block(out + b * kBlockLanes, row.block[b]);
+    }
+    static Row blurred(const Row& self, const Row& lower, const Row& upper) {
+      Row row;
+      for (int b = 0; b < kCount; ++b) row.block[b] = self.block[b] + 0.5f * (lower.block[b] + upper.block[b]);
+      return row;
+    }
+  };
+  const Value* blur(int blocks, ThreadPool& pool) {
+    Value* values = class_values_.get();
+    const int stride = value_stride(blocks);
+    for_each_block_group(blocks, [&](auto group, int first) {
+      blur_chains(ClassRows<decltype(group)::value>{values + first * kBlockLanes, stride}, pool);
+    });
+    return values;
   }
 
   // Adds Σ_r slice weight × blurred[vertex] over the pixel's entries to `row`.
@@ -423,12 +528,14 @@ class CpuLattice {
  private:
   LatticeArrays<D> L_;
   int32_t vertex_count_ = 0;
-  int32_t table_fill_ = 0;
+  int32_t chain_count_[kVertices] = {};
+  int32_t* chain_vertex_all_ = nullptr;  // [D+1][vertices]: each axis's chains, one after another
+  int32_t* chain_start_all_ = nullptr;   // [D+1][vertices / 2 + 2]: where each chain starts
   Buffer<TableSlot> table_;
-  Buffer<int32_t> keys_, entry_slot_, owner_rank_, entry_vertex_, vertex_keys_, vertex_size_,
-      segment_start_, segment_entry_, neighbors_, splat_pixel_;
-  Buffer<float> barycentric_, splat_weight_, slice_weight_, pixel_scratch_, values_, scratch_;
-  Buffer<Value> class_values_, class_scratch_;
+  Buffer<int32_t> keys_, entry_vertex_, vertex_keys_, vertex_size_,
+      segment_start_, segment_entry_, neighbors_, chain_vertex_, chain_start_, splat_pixel_;
+  Buffer<float> barycentric_, splat_weight_, slice_weight_, pixel_scratch_, row_sum_;
+  Buffer<Value> class_values_;
 };
 
 // Memory of a thread's calls, kept for its next call (sizes rarely change between calls, and
@@ -532,32 +639,35 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
   }
   CpuLattice<kBilateralDims>* bilateral = bilateral_active(p) ? &scratch.bilateral : nullptr;
 
+  PhaseTimer timer;
   for (int32_t image = 0; image < io.batch; ++image) {
     SD_RETURN_IF_ERROR(load_log_prob(io, image, log_prob, width, pool));
+    pool.parallel_for(pixels, [&](int64_t i) {
+      std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
+      softmax_row(q_rows + i * blocks, blocks);
+    });
+    timer("load unary, softmax");
     if (bilateral) {
       const ImageView view{io.image + int64_t(image) * pixels * 3, io.image_layout, io.height, io.width};
       SD_RETURN_IF_ERROR(bilateral->build(
           int32_t(pixels),
           [&](int64_t i, float* f) { bilateral_features(int(i % io.width), int(i / io.width), view, p, f); },
           pool));
+      timer.last = std::chrono::steady_clock::now();
       SD_RETURN_IF_ERROR(bilateral->compute_weights(p.bilateral_weight, p.normalization, pool));
+      timer("bilateral weights");
     }
-    pool.parallel_for(pixels, [&](int64_t i) {
-      std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
-      softmax_row(q_rows + i * blocks, blocks);
-    });
-    PhaseTimer timer;
     for (int32_t iteration = 0; iteration < p.iterations; ++iteration) {
       const Value* spatial_blurred = nullptr;
       const Value* bilateral_blurred = nullptr;
       if (spatial) {
-        SD_RETURN_IF_ERROR(spatial->splat(q, width, pool));
+        SD_RETURN_IF_ERROR(spatial->splat(q, blocks, pool));
         timer("spatial splat");
         spatial_blurred = spatial->blur(blocks, pool);
         timer("spatial blur");
       }
       if (bilateral) {
-        SD_RETURN_IF_ERROR(bilateral->splat(q, width, pool));
+        SD_RETURN_IF_ERROR(bilateral->splat(q, blocks, pool));
         timer("bilateral splat");
         bilateral_blurred = bilateral->blur(blocks, pool);
         timer("bilateral blur");
@@ -572,6 +682,7 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
       timer("slice+softmax");
     }
     write_outputs(io, image, q, width, pool);
+    timer("write outputs");
   }
   return {};
 }
