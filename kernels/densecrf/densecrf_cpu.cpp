@@ -238,8 +238,9 @@ class CpuLattice {
   static constexpr int kVertices = D + 1;
 
   // feature_of(pixel, float* feature) writes the pixel's D features.
-  template <typename FeatureOf>
-  Error build(int32_t pixels, const FeatureOf& feature_of, ThreadPool& pool) {
+  // `alongside()` (work for one thread) runs while one step of the build takes a single thread.
+  template <typename FeatureOf, typename Alongside>
+  Error build(int32_t pixels, const FeatureOf& feature_of, ThreadPool& pool, const Alongside& alongside) {
     LatticeArrays<D>& L = L_;
     L.pixels = pixels;
     L.entries = pixels * kVertices;
@@ -259,24 +260,15 @@ class CpuLattice {
       embed_pixel<D>(L, int32_t(pixel), feature, scale);
     });
     timer("embed");
-    // A small table stays in cache. Lattices of images rarely have more vertices than pixels
-    // (the densecrf reference makes the same guess); the table grows when they do.
-    SD_RETURN_IF_ERROR(resize_table(table_size_for(2 * int64_t(pixels)), 0));
-    const int32_t vertices = insert_entries();
-    if (vertices < 0) return out_of_host_memory();
-    vertex_count_ = vertices;
-    L.vertex_count = &vertex_count_;
-    timer("insert");
-
-    SD_RESERVE(L.segment_start, segment_start_, size_t(vertices) + 1);
-    std::copy(L.vertex_size, L.vertex_size + vertices, L.segment_start);
-    L.segment_start[vertices] = int32_t(exclusive_scan(L.segment_start, vertices));
-    SD_RESERVE(L.segment_entry, segment_entry_, entries);
-    // Entries grouped by vertex in one pass in entry order, so every group comes out sorted.
-    int32_t* cursor = L.vertex_size;
-    std::copy(L.segment_start, L.segment_start + vertices, cursor);
-    for (int32_t entry = 0; entry < L.entries; ++entry) L.segment_entry[cursor[L.entry_vertex[entry]]++] = entry;
-    timer("segments");
+    // Numbering the vertices is sequential: another thread meanwhile runs `alongside`.
+    Error numbered;
+    pool.parallel_for(2, [&](int64_t task) {
+      if (task == 0) numbered = number_vertices();
+      else alongside();
+    }, 1);
+    SD_RETURN_IF_ERROR(numbered);
+    timer("insert, segments");
+    const int32_t vertices = vertex_count_;
 
     L.neighbor_stride = vertices;
     SD_RESERVE(L.neighbors, neighbors_, size_t(vertices) * 2 * kVertices);
@@ -285,6 +277,28 @@ class CpuLattice {
     SD_RETURN_IF_ERROR(build_chains(pool));
     timer("chains");
     if (timer.on) std::fprintf(stderr, "  D=%d pixels=%d vertices=%d\n", D, pixels, vertices);
+    return {};
+  }
+
+  // Numbers the vertices (below), then lists the entries of each vertex, in a single thread.
+  Error number_vertices() {
+    LatticeArrays<D>& L = L_;
+    // A small table stays in cache. Lattices of images rarely have more vertices than pixels
+    // (the densecrf reference makes the same guess); the table grows when they do.
+    SD_RETURN_IF_ERROR(resize_table(table_size_for(2 * int64_t(L.pixels)), 0));
+    const int32_t vertices = insert_entries();
+    if (vertices < 0) return out_of_host_memory();
+    vertex_count_ = vertices;
+    L.vertex_count = &vertex_count_;
+
+    SD_RESERVE(L.segment_start, segment_start_, size_t(vertices) + 1);
+    std::copy(L.vertex_size, L.vertex_size + vertices, L.segment_start);
+    L.segment_start[vertices] = int32_t(exclusive_scan(L.segment_start, vertices));
+    SD_RESERVE(L.segment_entry, segment_entry_, size_t(L.entries));
+    // Entries grouped by vertex in one pass in entry order, so every group comes out sorted.
+    int32_t* cursor = L.vertex_size;
+    std::copy(L.segment_start, L.segment_start + vertices, cursor);
+    for (int32_t entry = 0; entry < L.entries; ++entry) L.segment_entry[cursor[L.entry_vertex[entry]]++] = entry;
     return {};
   }
 
@@ -633,7 +647,7 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
     scratch.spatial_key = SpatialKey{};
     SD_RETURN_IF_ERROR(spatial->build(
         int32_t(pixels), [&](int64_t i, float* f) { spatial_features(int(i % io.width), int(i / io.width), p, f); },
-        pool));
+        pool, [] {}));
     SD_RETURN_IF_ERROR(spatial->compute_weights(p.spatial_weight, p.normalization, pool));
     scratch.spatial_key = spatial_key;
   }
@@ -641,21 +655,31 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
 
   PhaseTimer timer;
   for (int32_t image = 0; image < io.batch; ++image) {
-    SD_RETURN_IF_ERROR(load_log_prob(io, image, log_prob, width, pool));
-    pool.parallel_for(pixels, [&](int64_t i) {
-      std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
-      softmax_row(q_rows + i * blocks, blocks);
-    });
-    timer("load unary, softmax");
+    // Reads the unary into log-probability rows and Q = softmax(them).
+    Error loaded;
+    const auto load = [&](ThreadPool& threads) {
+      loaded = load_log_prob(io, image, log_prob, width, threads);
+      threads.parallel_for(pixels, [&](int64_t i) {
+        std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
+        softmax_row(q_rows + i * blocks, blocks);
+      });
+    };
     if (bilateral) {
       const ImageView view{io.image + int64_t(image) * pixels * 3, io.image_layout, io.height, io.width};
       SD_RETURN_IF_ERROR(bilateral->build(
           int32_t(pixels),
           [&](int64_t i, float* f) { bilateral_features(int(i % io.width), int(i / io.width), view, p, f); },
-          pool));
+          pool, [&] {
+            ThreadPool one_thread(1);
+            load(one_thread);
+          }));
+      SD_RETURN_IF_ERROR(loaded);
       timer.last = std::chrono::steady_clock::now();
       SD_RETURN_IF_ERROR(bilateral->compute_weights(p.bilateral_weight, p.normalization, pool));
       timer("bilateral weights");
+    } else {
+      load(pool);
+      SD_RETURN_IF_ERROR(loaded);
     }
     for (int32_t iteration = 0; iteration < p.iterations; ++iteration) {
       const Value* spatial_blurred = nullptr;
