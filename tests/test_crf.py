@@ -65,7 +65,12 @@ def pydensecrf_reference(unary_energy: np.ndarray, image: np.ndarray, params: CR
         ("coffee", (200, 300), DEEPLAB_5_50_10),
     ],
 )
-def test_matches_pydensecrf_on_photos(name, size, params):
+# "portable": the kernels' build for CPUs without AVX2/F16C (float32 lattice, 4-lane vectors),
+# the same code that runs on ARM (Jetson).
+@pytest.mark.parametrize("cpu_build", ["native", "portable"])
+def test_matches_pydensecrf_on_photos(name, size, params, cpu_build, monkeypatch):
+    if cpu_build == "portable":
+        monkeypatch.setenv("SEGDEPLOY_CPU_PORTABLE", "1")
     image = photo(name, size)
     logits = synthetic_logits(image, 21, seed=1)
     reference = pydensecrf_reference(-logits, image, params)

@@ -1,4 +1,6 @@
 // sd_crf_cpu: validates, then runs the CPU driver built for the best instruction set available.
+#include <cstdlib>
+
 #include "../src/status_internal.h"
 #include "../src/thread_pool.h"
 #include "crf_problem.h"
@@ -9,8 +11,12 @@ namespace {
 
 int thread_count(int requested) { return requested > 0 ? requested : available_cores(); }
 
+// SEGDEPLOY_CPU_PORTABLE=1 selects the portable build (SSE here; what ARM CPUs such as Jetson's
+// run), so that tests on an x86-64 machine cover it too.
 bool cpu_has_x86_64_v3() {
 #if defined(SD_CPU_X86_64_V3)
+  const char* portable = std::getenv("SEGDEPLOY_CPU_PORTABLE");
+  if (portable != nullptr && portable[0] != '\0' && portable[0] != '0') return false;
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
   return false;
