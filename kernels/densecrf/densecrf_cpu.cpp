@@ -523,19 +523,22 @@ class CpuLattice {
     return values;
   }
 
-  // Adds Σ_r slice weight × blurred[vertex] over the pixel's entries to `row`.
+  // Adds Σ_r slice weight × blurred[vertex] over the pixel's entries to `row`, which has kBlocks
+  // Blocks (0: `blocks`, known only at run time; a constant lets the sums stay in registers).
+  template <int kBlocks>
   void add_message(int64_t pixel, const Value* blurred, int blocks, Block* __restrict row) const {
-    const int stride = value_stride(blocks);
+    const int count = kBlocks > 0 ? kBlocks : blocks;
+    const int stride = value_stride(count);
     const int64_t ahead = std::min<int64_t>(pixel + (kPrefetchAhead + D) / kVertices, L_.pixels - 1);
     for (int r = 0; r < kVertices; ++r)
       prefetch_bytes(blurred + int64_t(L_.entry_vertex[ahead * kVertices + r]) * stride,
-                     blocks * kBlockLanes * sizeof(Value));
+                     count * kBlockLanes * sizeof(Value));
     const float* slice_weight = slice_weight_.get() + pixel * kVertices;
     const int32_t* entry_vertex = L_.entry_vertex + pixel * kVertices;
     for (int r = 0; r < kVertices; ++r) {
       const float w = slice_weight[r];
       const Value* in = blurred + int64_t(entry_vertex[r]) * stride;
-      for (int b = 0; b < blocks; ++b) row[b] += w * load_block(in + b * kBlockLanes);
+      for (int b = 0; b < count; ++b) row[b] += w * load_block(in + b * kBlockLanes);
     }
   }
 
@@ -696,13 +699,26 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
         bilateral_blurred = bilateral->blur(blocks, pool);
         timer("bilateral blur");
       }
-      pool.parallel_for(pixels, [&](int64_t i) {
-        Block* row = q_rows + i * blocks;
-        std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, row);
-        if (spatial) spatial->add_message(i, spatial_blurred, blocks, row);
-        if (bilateral) bilateral->add_message(i, bilateral_blurred, blocks, row);
-        softmax_row(row, blocks);
-      });
+      // Q = softmax(log_prob + messages); rows of up to 4 Blocks (32 classes) are summed in registers.
+      const auto slice = [&](auto constant_blocks) {
+        constexpr int kBlocks = decltype(constant_blocks)::value;
+        pool.parallel_for(pixels, [&](int64_t i) {
+          Block registers[kBlocks > 0 ? kBlocks : 1];
+          Block* row = kBlocks > 0 ? registers : q_rows + i * blocks;
+          std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, row);
+          if (spatial) spatial->add_message<kBlocks>(i, spatial_blurred, blocks, row);
+          if (bilateral) bilateral->add_message<kBlocks>(i, bilateral_blurred, blocks, row);
+          softmax_row(row, kBlocks > 0 ? kBlocks : blocks);
+          if (kBlocks > 0) std::copy(row, row + kBlocks, q_rows + i * blocks);
+        });
+      };
+      switch (blocks) {
+        case 1: slice(std::integral_constant<int, 1>()); break;
+        case 2: slice(std::integral_constant<int, 2>()); break;
+        case 3: slice(std::integral_constant<int, 3>()); break;
+        case 4: slice(std::integral_constant<int, 4>()); break;
+        default: slice(std::integral_constant<int, 0>()); break;
+      }
       timer("slice+softmax");
     }
     write_outputs(io, image, q, width, pool);
