@@ -58,21 +58,21 @@ def pydensecrf_reference(unary_energy: np.ndarray, image: np.ndarray, params: CR
 
 
 @pytest.mark.parametrize(
-    "name, size, params",
+    "name, size, classes, params",
     [
-        ("astronaut", (256, 256), DEEPLAB_V2),
-        ("chelsea", None, CRFParams(normalization="after")),
-        ("coffee", (200, 300), DEEPLAB_5_50_10),
+        ("astronaut", (256, 256), 21, DEEPLAB_V2),
+        ("chelsea", None, 40, CRFParams(normalization="after")),
+        ("coffee", (201, 299), 21, DEEPLAB_5_50_10),  # an odd pixel count
     ],
 )
 # "portable": the kernels' build for CPUs without AVX2/F16C (float32 lattice, 4-lane vectors),
 # the same code that runs on ARM (Jetson).
 @pytest.mark.parametrize("cpu_build", ["native", "portable"])
-def test_matches_pydensecrf_on_photos(name, size, params, cpu_build, monkeypatch):
+def test_matches_pydensecrf_on_photos(name, size, classes, params, cpu_build, monkeypatch):
     if cpu_build == "portable":
         monkeypatch.setenv("SEGDEPLOY_CPU_PORTABLE", "1")
     image = photo(name, size)
-    logits = synthetic_logits(image, 21, seed=1)
+    logits = synthetic_logits(image, classes, seed=1)
     reference = pydensecrf_reference(-logits, image, params)
     probabilities, labels = dense_crf(-logits, image, params, unary_kind="neg_log_prob")
     agreement = (labels == reference.argmax(0)).mean()

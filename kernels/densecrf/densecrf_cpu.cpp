@@ -202,19 +202,27 @@ inline Block exp_nonpositive(Block x) {
   return x < low ? Block{} : result;
 }
 
-// In-place softmax of one row (padding holds kPaddingLogProb and comes out as 0).
-inline void softmax_row(Block* __restrict row, int blocks) {
-  Block largest = row[0];
-  for (int b = 1; b < blocks; ++b) largest = max(largest, row[b]);
-  const Block shift = all_lanes_max(largest);
-  Block total{};
-  for (int b = 0; b < blocks; ++b) {
-    row[b] = exp_nonpositive(row[b] - shift);
-    total += row[b];
+// In-place softmax of kRows rows (padding holds kPaddingLogProb and comes out as 0). Rows done
+// together interleave their dependency chains.
+template <int kRows = 1>
+inline void softmax_rows(Block* const (&rows)[kRows], int blocks) {
+  Block shift[kRows], total[kRows] = {};
+  for (int n = 0; n < kRows; ++n) {
+    Block largest = rows[n][0];
+    for (int b = 1; b < blocks; ++b) largest = max(largest, rows[n][b]);
+    shift[n] = all_lanes_max(largest);
   }
-  const Block inverse = 1.0f / all_lanes_sum(total);
-  for (int b = 0; b < blocks; ++b) row[b] *= inverse;
+  for (int b = 0; b < blocks; ++b)
+    for (int n = 0; n < kRows; ++n) {
+      rows[n][b] = exp_nonpositive(rows[n][b] - shift[n]);
+      total[n] += rows[n][b];
+    }
+  for (int n = 0; n < kRows; ++n) {
+    const Block inverse = 1.0f / all_lanes_sum(total[n]);
+    for (int b = 0; b < blocks; ++b) rows[n][b] *= inverse;
+  }
 }
+inline void softmax_row(Block* row, int blocks) { softmax_rows<1>({row}, blocks); }
 
 // Calls body(std::integral_constant<int, K>(), first) over a row's Blocks in groups: K = 4 while
 // four or more remain, then one group of the 1 to 3 left (21 classes: one group of 3). With K a
@@ -702,15 +710,25 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
       // Q = softmax(log_prob + messages); rows of up to 4 Blocks (32 classes) are summed in registers.
       const auto slice = [&](auto constant_blocks) {
         constexpr int kBlocks = decltype(constant_blocks)::value;
-        pool.parallel_for(pixels, [&](int64_t i) {
-          Block registers[kBlocks > 0 ? kBlocks : 1];
-          Block* row = kBlocks > 0 ? registers : q_rows + i * blocks;
-          std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, row);
-          if (spatial) spatial->add_message<kBlocks>(i, spatial_blurred, blocks, row);
-          if (bilateral) bilateral->add_message<kBlocks>(i, bilateral_blurred, blocks, row);
-          softmax_row(row, kBlocks > 0 ? kBlocks : blocks);
-          if (kBlocks > 0) std::copy(row, row + kBlocks, q_rows + i * blocks);
-        });
+        const int count = kBlocks > 0 ? kBlocks : blocks;
+        // kRows pixels from `first` together: their chains of loads, sums and softmax overlap.
+        const auto slice_pixels = [&](int64_t first, auto constant_rows) {
+          constexpr int kRows = decltype(constant_rows)::value;
+          Block registers[kRows][kBlocks > 0 ? kBlocks : 1];
+          Block* rows[kRows];
+          for (int n = 0; n < kRows; ++n) {
+            const int64_t i = first + n;
+            rows[n] = kBlocks > 0 ? registers[n] : q_rows + i * blocks;
+            std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, rows[n]);
+            if (spatial) spatial->add_message<kBlocks>(i, spatial_blurred, blocks, rows[n]);
+            if (bilateral) bilateral->add_message<kBlocks>(i, bilateral_blurred, blocks, rows[n]);
+          }
+          softmax_rows<kRows>(rows, count);
+          if (kBlocks > 0)
+            for (int n = 0; n < kRows; ++n) std::copy(rows[n], rows[n] + count, q_rows + (first + n) * blocks);
+        };
+        pool.parallel_for(pixels / 2, [&](int64_t pair) { slice_pixels(2 * pair, std::integral_constant<int, 2>()); });
+        if (pixels % 2 != 0) slice_pixels(pixels - 1, std::integral_constant<int, 1>());
       };
       switch (blocks) {
         case 1: slice(std::integral_constant<int, 1>()); break;
