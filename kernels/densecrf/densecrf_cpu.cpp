@@ -278,9 +278,16 @@ class CpuLattice {
     timer("insert, segments");
     const int32_t vertices = vertex_count_;
 
-    L.neighbor_stride = vertices;
-    SD_RESERVE(L.neighbors, neighbors_, size_t(vertices) * 2 * kVertices);
-    pool.parallel_for(vertices, [&](int64_t v) { find_neighbors<D>(L, int32_t(v), vertices); }, 256);
+    // Only the upper neighbour along each axis is looked up: the lower one of a vertex is the
+    // vertex whose upper neighbour it is.
+    SD_RESERVE(upper_all_, upper_, size_t(vertices) * kVertices);
+    pool.parallel_for(vertices, [&](int64_t v) {
+      LatticeStep steps[kVertices];
+      for (int axis = 0; axis < kVertices; ++axis) steps[axis] = {axis, 1};
+      int32_t found[kVertices];
+      look_up_neighbors<D>(L, int32_t(v), vertices, steps, found);
+      for (int axis = 0; axis < kVertices; ++axis) upper_all_[int64_t(axis) * vertices + v] = found[axis];
+    }, 256);
     timer("neighbors");
     SD_RETURN_IF_ERROR(build_chains(pool));
     timer("chains");
@@ -437,20 +444,25 @@ class CpuLattice {
   // axis (a fifth to a third of them on photos). That reads and writes each row once per axis
   // where a ping-pong pass over all vertices reads three rows and writes one.
   Error build_chains(ThreadPool& pool) {
-    const LatticeArrays<D>& L = L_;
     const int32_t vertices = vertex_count_;
     const int64_t max_chains = vertices / 2 + 1;  // a chain has two or more vertices
+    uint8_t* has_lower_all;
     SD_RESERVE(chain_vertex_all_, chain_vertex_, size_t(vertices) * kVertices);
     SD_RESERVE(chain_start_all_, chain_start_, size_t(max_chains + 1) * kVertices);
+    SD_RESERVE(has_lower_all, has_lower_, size_t(vertices) * kVertices);
     pool.parallel_for(kVertices, [&](int64_t axis) {
-      const int32_t* neighbors = L.neighbors + axis * L.neighbor_stride * 2;
+      const int32_t* upper = upper_all_ + axis * vertices;
+      uint8_t* has_lower = has_lower_all + axis * vertices;
       int32_t* chain_vertex = chain_vertex_all_ + axis * vertices;
       int32_t* chain_start = chain_start_all_ + axis * (max_chains + 1);
+      std::fill(has_lower, has_lower + vertices, uint8_t{0});
+      for (int32_t v = 0; v < vertices; ++v)
+        if (upper[v] != vertices) has_lower[upper[v]] = 1;
       int32_t length = 0, chains = 0;
       for (int32_t head = 0; head < vertices; ++head) {
-        if (neighbors[2 * head] != vertices || neighbors[2 * head + 1] == vertices) continue;
+        if (has_lower[head] || upper[head] == vertices) continue;
         chain_start[chains++] = length;
-        for (int32_t v = head; v != vertices; v = neighbors[2 * v + 1]) chain_vertex[length++] = v;
+        for (int32_t v = head; v != vertices; v = upper[v]) chain_vertex[length++] = v;
       }
       chain_start[chains] = length;
       chain_count_[axis] = chains;
@@ -554,11 +566,13 @@ class CpuLattice {
   LatticeArrays<D> L_;
   int32_t vertex_count_ = 0;
   int32_t chain_count_[kVertices] = {};
+  int32_t* upper_all_ = nullptr;         // [D+1][vertices]: the upper neighbour along each axis, or M
   int32_t* chain_vertex_all_ = nullptr;  // [D+1][vertices]: each axis's chains, one after another
   int32_t* chain_start_all_ = nullptr;   // [D+1][vertices / 2 + 2]: where each chain starts
   Buffer<TableSlot> table_;
   Buffer<int32_t> keys_, entry_vertex_, vertex_keys_, vertex_size_,
-      segment_start_, segment_entry_, neighbors_, chain_vertex_, chain_start_, splat_pixel_;
+      segment_start_, segment_entry_, upper_, chain_vertex_, chain_start_, splat_pixel_;
+  Buffer<uint8_t> has_lower_;
   Buffer<float> barycentric_, splat_weight_, slice_weight_, pixel_scratch_, row_sum_;
   Buffer<Value> class_values_;
 };

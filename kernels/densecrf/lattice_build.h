@@ -201,35 +201,45 @@ SD_HOST_DEVICE int32_t find_vertex(const LatticeArrays<D>& L, const int32_t* key
   }
 }
 
-// Step 6 (per vertex): its two neighbours along each of the D+1 axes, which the blur reads, or M
-// where absent. All 2(D+1) slots are requested before the first is probed, so that their memory
-// latencies overlap.
+// The key of the lattice point one step from `key` along `axis` (the blur is symmetric in the
+// two directions, -1 and +1); the last axis is the implied coordinate, where only the others move.
 template <int D>
-SD_HOST_DEVICE void find_neighbors(const LatticeArrays<D>& L, int32_t vertex, int32_t vertex_count) {
-  constexpr int kLookups = 2 * (D + 1);
+SD_HOST_DEVICE void neighbor_key(const int32_t* key, int axis, int direction, int32_t* out) {
+  for (int k = 0; k < D; ++k) out[k] = key[k] + direction;
+  if (axis < D) out[axis] = key[axis] - direction * D;
+}
+
+// One step through the lattice: along `axis`, in `direction` -1 or +1.
+struct LatticeStep {
+  int axis, direction;
+};
+
+// The vertices one `steps[i]` from `vertex` into found[i] (M where absent). All slots are
+// requested before the first is probed, so that their memory latencies overlap.
+template <int D, int kCount>
+SD_HOST_DEVICE void look_up_neighbors(const LatticeArrays<D>& L, int32_t vertex, int32_t vertex_count,
+                                      const LatticeStep (&steps)[kCount], int32_t (&found)[kCount]) {
   const int32_t* key = L.vertex_key(vertex);
-  int32_t around[kLookups][D];
-  uint32_t hash[kLookups];
-  for (int axis = 0; axis <= D; ++axis) {
-    // The two lattice points one step away along the axis (the blur is symmetric in them); the
-    // last axis is the implied coordinate, where only the others move.
-    int32_t* lower = around[2 * axis];
-    int32_t* upper = around[2 * axis + 1];
-    for (int k = 0; k < D; ++k) {
-      lower[k] = key[k] - 1;
-      upper[k] = key[k] + 1;
-    }
-    if (axis < D) {
-      lower[axis] = key[axis] + D;
-      upper[axis] = key[axis] - D;
-    }
-  }
-  for (int i = 0; i < kLookups; ++i) {
+  int32_t around[kCount][D];
+  uint32_t hash[kCount];
+  for (int i = 0; i < kCount; ++i) {
+    neighbor_key<D>(key, steps[i].axis, steps[i].direction, around[i]);
     hash[i] = hash_key<D>(around[i]);
     prefetch(L.table + (hash[i] & L.table_mask));
   }
-  for (int i = 0; i < kLookups; ++i)
-    L.neighbors[(int64_t(i / 2) * L.neighbor_stride + vertex) * 2 + i % 2] = find_vertex<D>(L, around[i], hash[i], vertex_count);
+  for (int i = 0; i < kCount; ++i) found[i] = find_vertex<D>(L, around[i], hash[i], vertex_count);
+}
+
+// Step 6 (per vertex): its two neighbours along each of the D+1 axes, which the blur reads, or M
+// where absent.
+template <int D>
+SD_HOST_DEVICE void find_neighbors(const LatticeArrays<D>& L, int32_t vertex, int32_t vertex_count) {
+  constexpr int kLookups = 2 * (D + 1);
+  LatticeStep steps[kLookups];
+  for (int i = 0; i < kLookups; ++i) steps[i] = {i / 2, i % 2 == 0 ? -1 : 1};
+  int32_t found[kLookups];
+  look_up_neighbors<D>(L, vertex, vertex_count, steps, found);
+  for (int i = 0; i < kLookups; ++i) L.neighbors[(int64_t(i / 2) * L.neighbor_stride + vertex) * 2 + i % 2] = found[i];
 }
 
 }  // namespace segdeploy::densecrf
