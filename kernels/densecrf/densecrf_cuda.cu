@@ -94,9 +94,7 @@ void carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattic
   L.table_mask = table_size - 1;
   L.keys = carver.take<int32_t>(entries * D);
   L.barycentric = carver.take<float>(entries);
-  L.table = carver.take<TableSlot>(table_size);
-  L.table_fill = nullptr;  // sized for every entry: it cannot overflow
-  L.max_fill = 0;
+  L.table = carver.take<TableSlot>(table_size);  // sized for every entry: it cannot overflow
   L.entry_slot = carver.take<int32_t>(entries);
   L.owner_rank = carver.take<int32_t>(entries + 1);
   L.entry_vertex = carver.take<int32_t>(entries);

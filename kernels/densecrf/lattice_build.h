@@ -1,5 +1,6 @@
 // Construction of a permutohedral lattice as a sequence of data-parallel steps, each a function
-// of one index that the CPU driver runs in a thread-pool loop and the CUDA driver in a kernel.
+// of one index that the CUDA driver runs in a kernel; the CPU driver shares the embedding, the
+// hash table's layout and the neighbour lookups, and numbers the vertices in one sequential pass.
 //
 // Every (pixel, simplex vertex) pair is an "entry" with a key (D lattice coordinates) and a
 // barycentric weight. Entries with the same key form one lattice vertex. Vertices are numbered in
@@ -87,8 +88,6 @@ struct LatticeArrays {
   int32_t* keys = nullptr;           // [entries][D]
   float* barycentric = nullptr;      // [entries]
   TableSlot* table = nullptr;        // [table_mask + 1]
-  int32_t* table_fill = nullptr;     // [1] slots claimed, or NULL for a table that cannot overflow
-  int32_t max_fill = 0;              // with table_fill: claims allowed before the table must grow
   int32_t* entry_slot = nullptr;     // [entries]: slot of the entry's key
   int32_t* owner_rank = nullptr;     // [entries]: exclusive prefix sum of "entry owns its key"
   int32_t* entry_vertex = nullptr;   // [entries]
@@ -136,12 +135,10 @@ SD_HOST_DEVICE void embed_pixel(const LatticeArrays<D>& L, int32_t pixel, const 
 }
 
 // Step 2 (per entry): claims or finds the slot of the entry's key; the slot ends up holding the
-// smallest entry with that key, whatever the order in which threads arrive. A table with a fill
-// limit stops taking keys at the limit (each thread may claim one more), so it never fills up;
-// the caller then rebuilds it larger.
+// smallest entry with that key, whatever the order in which threads arrive. The table must have
+// room for every entry.
 template <int D>
 SD_HOST_DEVICE void insert_entry(const LatticeArrays<D>& L, int32_t entry) {
-  if (L.table_fill != nullptr && atomic_load(L.table_fill) >= L.max_fill) return;
   const int32_t* key = L.key(entry);
   const uint32_t hash = hash_key<D>(key);
   uint32_t slot = hash & L.table_mask;
@@ -152,7 +149,6 @@ SD_HOST_DEVICE void insert_entry(const LatticeArrays<D>& L, int32_t entry) {
       held = atomic_compare_swap(held_at, kEmptySlot, entry);
       if (held == kEmptySlot) {
         L.table[slot].hash = hash;  // read only after this step
-        if (L.table_fill != nullptr) atomic_fetch_add(L.table_fill, 1);
         break;
       }
     }
