@@ -96,7 +96,10 @@ class ThreadPool {
 
   void work() {
     std::unique_lock<std::mutex> lock(mutex_);
-    uint64_t seen = generation_;
+    // From the pool's first generation, not the current one: a thread that starts after the first
+    // loop was posted still joins it (the first loop after the pool's creation is usually the
+    // longest, and thread creation is slow on busy machines).
+    uint64_t seen = 0;
     for (;;) {
       wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
