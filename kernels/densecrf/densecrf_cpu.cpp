@@ -417,15 +417,13 @@ class CpuLattice {
     const int stride = value_stride(blocks);
     Value* values;
     SD_RESERVE(values, class_values_, rows * stride);
-    const int32_t last_entry = L.entries - 1;
     pool.parallel_for(vertex_count_, [&](int64_t v) {
       for_each_block_group(blocks, [&](auto group, int first) {
         constexpr int kCount = decltype(group)::value;
         Block sum[kCount] = {};
+        // No software prefetch: the pixels of consecutive vertices are close, and the hardware's
+        // prefetcher follows them better (a prefetch per entry measured 1.5x slower).
         for (int32_t k = L.segment_start[v]; k < L.segment_start[v + 1]; ++k) {
-          if (first == 0)
-            prefetch_bytes(q + int64_t(splat_pixel[std::min(k + kPrefetchAhead, last_entry)]) * width,
-                           width * sizeof(float));
           const float w = splat_weight[k];
           const Block* __restrict in = reinterpret_cast<const Block*>(q + int64_t(splat_pixel[k]) * width) + first;
           for (int b = 0; b < kCount; ++b) sum[b] += w * in[b];
