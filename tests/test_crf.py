@@ -83,6 +83,18 @@ def test_matches_pydensecrf_on_photos(name, size, classes, params, cpu_build, mo
     assert (labels != logits.argmax(0)).mean() > 0.02
 
 
+def test_matches_pydensecrf_on_a_lattice_larger_than_its_first_table():
+    """Noise with a narrow colour kernel gives nearly six vertices per pixel: the CPU's hash table
+    (sized for two per pixel) grows while the vertices are numbered."""
+    image = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    params = CRFParams(bilateral_theta_rgb=0.5)
+    logits = synthetic_logits(image, 5, seed=4)
+    reference = pydensecrf_reference(-logits, image, params)
+    probabilities, labels = dense_crf(logits, image, params)
+    assert (labels == reference.argmax(0)).mean() >= 0.999
+    assert np.abs(probabilities - reference).mean() <= 1e-3
+
+
 def exact_mean_field(logits: np.ndarray, image: np.ndarray, params: CRFParams) -> np.ndarray:
     """Dense mean field with explicit N x N Gaussian kernels: the model the lattice approximates.
 

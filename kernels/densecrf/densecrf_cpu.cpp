@@ -145,7 +145,6 @@ typedef float Value;
 inline Block load_block(const Value* p) { return *reinterpret_cast<const Block*>(p); }
 inline void store_block(Value* p, Block b) { *reinterpret_cast<Block*>(p) = b; }
 #endif
-constexpr int kSplatBlocks = 64 / kBlockLanes;
 inline int value_stride(int blocks) {  // in Values
   const int block_bytes = kBlockLanes * int(sizeof(Value));
   int row_blocks = 1;
@@ -183,7 +182,7 @@ inline Block all_lanes_sum(Block b) {
 }
 
 // exp(x) for x <= 0 within 2 ulp (Cephes' polynomial after a Cody-Waite reduction), exactly 0
-// below -87 so that padding classes carry no mass.
+// below -87 so that padding classes carry no mass (and make no subnormal floats, which are slow).
 inline Block exp_nonpositive(Block x) {
   const Block low = broadcast(-87.0f);
   const Block clamped = x < low ? low : x;
