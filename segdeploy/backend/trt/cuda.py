@@ -13,6 +13,7 @@ Pointers, streams and events are plain integers, which is what TensorRT's
 
 from __future__ import annotations
 
+import abc
 import ctypes
 
 import numpy as np
@@ -32,48 +33,60 @@ def format_cuda_version(value: int) -> str:
     return f"{value // 1000}.{value % 1000 // 10}"
 
 
-class CudaApi:
+class CudaApi(abc.ABC):
     """The calls the TensorRT runner needs; each method takes and returns plain integers."""
 
     name = "cuda"
 
+    @abc.abstractmethod
     def malloc(self, nbytes: int) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def free(self, ptr: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def copy_to_device(self, ptr: int, array: np.ndarray, stream: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def copy_to_host(self, array: np.ndarray, ptr: int, stream: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def create_stream(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def synchronize(self, stream: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def destroy_stream(self, stream: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def create_event(self):
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def record_event(self, event, stream: int) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def elapsed_ms(self, start, end) -> float:
         """Milliseconds between two recorded events (waits for ``end``)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def destroy_event(self, event) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def device_info(self) -> dict:
         """``{"name", "compute_capability", "multiprocessors", "cuda_runtime", "cuda_driver"}``."""
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         """Release what the API object itself holds (a pushed context)."""
