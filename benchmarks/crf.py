@@ -4,7 +4,8 @@ the CUDA kernel timed with CUDA events when a GPU is present.
 Setting (issue 6): a 512x512 real photo (scikit-image's astronaut, or --image), 21 classes,
 a noisy unary (segdeploy.crf.synthetic_logits), 10 iterations, DeepLab v2 parameters
 (spatial 3/3, bilateral 4/67/3). Reports medians, the CPU speed-up as a ratio of medians, and
-the agreement of each implementation with the reference (label agreement, mean |dQ|).
+the agreement of each implementation with the reference (label agreement, mean |dQ|), and what
+running the CRF as an ONNX Runtime node (export --crf) costs over calling the kernel directly.
 
     PYTHONPATH=. python benchmarks/crf.py [--repeats 5] [--json out.json]
 """
@@ -88,6 +89,36 @@ def time_cpu(logits, image, repeats: int, threads: int) -> dict:
     return result, probabilities
 
 
+def time_onnx_node(logits, image, repeats: int) -> dict | None:
+    """The DenseCRF node run by ONNX Runtime against the kernel called directly, alternating."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxruntime_extensions") is None:
+        return None
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from segdeploy.crf_onnx import append_crf_node, register_crf_ort
+
+    shape = [1, *logits.shape]
+    graph = helper.make_graph([helper.make_node("Identity", ["scores"], ["logits"])], "crf_only",
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)])
+    model = append_crf_node(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), **PARAMS.__dict__)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), register_crf_ort(onnxruntime.SessionOptions()),
+                                           providers=["CPUExecutionProvider"])
+    feed = {"scores": logits[None], "image": image[None]}
+    session.run(None, feed)  # warm-up
+    node, direct = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feed)
+        node.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        dense_crf(logits[None], image[None], PARAMS)
+        direct.append(time.perf_counter() - started)
+    return {"onnx_node_median_ms": statistics.median(node) * 1e3, "direct_median_ms": statistics.median(direct) * 1e3,
+            "overhead_ratio": statistics.median(node) / statistics.median(direct)}
+
+
 def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray) -> dict:
     """sd_crf_cuda on preallocated device buffers, timed with CUDA events around each call."""
     lib = kernels.load_library()
@@ -155,6 +186,12 @@ def main(argv=None) -> int:
             line += " (pydensecrf2 not installed: no reference timing)"
         line += f"; load average {cpu['load_before']:.2f} -> {cpu['load_after']:.2f} on {cpu['cores']} cores"
         print(line)
+        report["onnx_node"] = node = time_onnx_node(logits, image, args.repeats)
+        if node is None:
+            print("ONNX Runtime node: onnxruntime or onnxruntime-extensions not installed; not timed")
+        else:
+            print(f"ONNX Runtime DenseCRF node: median {node['onnx_node_median_ms']:.1f} ms against "
+                  f"{node['direct_median_ms']:.1f} ms for the kernel called directly (x{node['overhead_ratio']:.2f})")
     if kernels.cuda_device_count() > 0:
         report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities)
         print(f"CUDA: {gpu['full_median_ms']:.3f} ms median for {PARAMS.iterations} iterations "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -112,7 +113,29 @@ def _define_ort_op() -> str:
         params = CRFParams(**{name: attrs[name] for name in (*_FLOAT_ATTRIBUTES, "iterations", "normalization")})
         return dense_crf(logits, image, params, unary_kind=attrs["unary_kind"])
 
+    _hand_back_arrays(dense_crf_op, PyCustomOpDef)
     return get_library_path()
+
+
+def _hand_back_arrays(op, op_definition) -> None:
+    """Makes onnxruntime-extensions take ``op``'s outputs as flat numpy arrays.
+
+    Its own hook passes every output to ONNX Runtime as a Python list (``tolist()``), which for
+    a 21x512x512 image costs more than the CRF itself; its native side also takes arrays. Other
+    Python ops keep the library's hook.
+    """
+    from onnxruntime_extensions import _ocos
+
+    library_hook = _ocos._on_pyop_invocation
+
+    def invoke(op_id, inputs, attributes):
+        if op_id != op._id:
+            return library_hook(op_id, inputs, attributes)
+        probabilities, labels = op.body(*inputs, **op.cast_attributes(attributes))
+        return (op_id, probabilities.shape, np.ascontiguousarray(probabilities, np.float32).reshape(-1),
+                labels.shape, np.ascontiguousarray(labels, np.int32).reshape(-1))
+
+    op_definition.install_hooker(invoke)
 
 
 def register_crf_ort(session_options):

@@ -83,3 +83,22 @@ def test_append_crf_node_rejects_what_it_cannot_wire():
         append_crf_node(model, normalization="sideways")
     with pytest.raises(TypeError):
         append_crf_node(model, iteration=3)  # a misspelt parameter is not silently ignored
+
+
+def test_other_python_ops_still_run_beside_the_crf_node():
+    """The CRF op hands its outputs back as arrays; ops of other code keep the library's own path."""
+    from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+    @onnx_op(op_type="SegdeployTestNegate", inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
+    def negate(x):
+        return -x
+
+    model, _ = tiny_network()
+    with_crf = append_crf_node(model, iterations=2, keep_logits=True)
+    graph = with_crf.graph
+    graph.node.append(helper.make_node("SegdeployTestNegate", ["logits"], ["negated"], domain=CRF_DOMAIN))
+    graph.output.append(helper.make_tensor_value_info("negated", TensorProto.FLOAT, ["N", CLASSES, "H", "W"]))
+    image, x = scene(batch=1)
+    logits, probabilities, labels, negated = session(with_crf).run(None, {"x": x, "image": image})
+    np.testing.assert_array_equal(negated, -logits)
+    np.testing.assert_array_equal(labels, dense_crf(logits, image, iterations=2, output="labels"))
