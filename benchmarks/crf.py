@@ -119,8 +119,9 @@ def time_onnx_node(logits, image, repeats: int) -> dict | None:
             "overhead_ratio": statistics.median(node) / statistics.median(direct)}
 
 
-def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray) -> dict:
-    """sd_crf_cuda on preallocated device buffers, timed with CUDA events around each call."""
+def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray, profile: bool) -> dict:
+    """sd_crf_cuda on preallocated device buffers, timed with CUDA events around each call; with
+    ``profile``, one more call prints the GPU time of each phase (SD_CRF_PROFILE) to stderr."""
     lib = kernels.load_library()
     classes, height, width = logits.shape
     unary, rgb = CudaBuffer.from_numpy(logits), CudaBuffer.from_numpy(image)
@@ -154,6 +155,13 @@ def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray) -> dic
         result[f"{label}_ms"] = times
         result[f"{label}_median_ms"] = statistics.median(times)
     result["per_iteration_ms"] = (result["full_median_ms"] - result["one_iteration_median_ms"]) / (PARAMS.iterations - 1)
+    if profile:
+        print(f"CUDA phases of one call ({PARAMS.iterations} iterations), summed over iterations:", flush=True)
+        os.environ["SD_CRF_PROFILE"] = "1"  # read by the library at each call
+        try:
+            timed(PARAMS)
+        finally:
+            del os.environ["SD_CRF_PROFILE"]
     result.update(agreement(probabilities.numpy(), cpu_probabilities))
     for event in (start, end):
         lib.sd_cuda_event_destroy(event)
@@ -167,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu-repeats", type=int, default=20, help="timed runs on the GPU")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for segdeploy (0: all cores)")
     parser.add_argument("--skip-cpu", action="store_true", help="time the GPU only (checked against one CPU run)")
+    parser.add_argument("--gpu-profile", action="store_true",
+                        help="also print the GPU time of each phase (lattice build steps, splat, blur, slice)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -193,7 +203,7 @@ def main(argv=None) -> int:
             print(f"ONNX Runtime DenseCRF node: median {node['onnx_node_median_ms']:.1f} ms against "
                   f"{node['direct_median_ms']:.1f} ms for the kernel called directly (x{node['overhead_ratio']:.2f})")
     if kernels.cuda_device_count() > 0:
-        report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities)
+        report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities, args.gpu_profile)
         print(f"CUDA: {gpu['full_median_ms']:.3f} ms median for {PARAMS.iterations} iterations "
               f"(1 iteration {gpu['one_iteration_median_ms']:.3f} ms, {gpu['per_iteration_ms']:.3f} ms per further "
               f"iteration; workspace {gpu['workspace_mib']:.0f} MiB); vs CPU: labels {gpu['label_agreement']:.5f}, "

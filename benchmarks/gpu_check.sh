@@ -35,7 +35,7 @@ step ctest ctest --test-dir "$BUILD" --output-on-failure
 
 # The benchmark before the slower checks, so that a short device session still gets its figures.
 export SEGDEPLOY_KERNELS_LIB="$BUILD/kernels/libsegdeploy_kernels.so" PYTHONPATH="$PWD"
-benchmark=(python3 benchmarks/crf.py --repeats 3 --json "$OUT/crf_benchmark.json")
+benchmark=(python3 benchmarks/crf.py --repeats 3 --gpu-profile --json "$OUT/crf_benchmark.json")
 [ -n "${CRF_BENCH_IMAGE:-}" ] && benchmark+=(--image "$CRF_BENCH_IMAGE")
 [ -n "${CRF_BENCH_SKIP_CPU:-}" ] && benchmark+=(--skip-cpu)
 step benchmark "${benchmark[@]}"

@@ -15,6 +15,10 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "../src/cuda_check.h"
 #include "crf_problem.h"
@@ -485,6 +489,63 @@ __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSo
 
 // ---- host orchestration ----------------------------------------------------------------------
 
+// SD_CRF_PROFILE=1 prints the GPU time of each phase to stderr (for tuning), summed over the
+// images and iterations of the call: an event is recorded on the stream after each phase, and
+// the call waits for the last one before it returns. Off, it records nothing.
+class PhaseProfile {
+ public:
+  explicit PhaseProfile(cudaStream_t stream) : on_(std::getenv("SD_CRF_PROFILE") != nullptr), stream_(stream) {}
+  PhaseProfile(const PhaseProfile&) = delete;
+  PhaseProfile& operator=(const PhaseProfile&) = delete;
+  ~PhaseProfile() {
+    for (const Mark& mark : marks_) cudaEventDestroy(mark.event);
+  }
+
+  // Records the end of `phase` (the first mark, "start", opens the call).
+  Error mark(std::string phase) {
+    if (!on_) return {};
+    cudaEvent_t event;
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventCreate(&event), "cudaEventCreate"));
+    marks_.push_back({std::move(phase), event});
+    return cuda_error(cudaEventRecord(event, stream_), "cudaEventRecord");
+  }
+
+  Error print() const {
+    if (!on_ || marks_.empty()) return {};
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventSynchronize(marks_.back().event), "cudaEventSynchronize"));
+    std::vector<std::pair<std::string, float>> totals;  // in order of first appearance
+    for (size_t i = 1; i < marks_.size(); ++i) {
+      float milliseconds = 0.0f;
+      SD_RETURN_IF_ERROR(cuda_error(cudaEventElapsedTime(&milliseconds, marks_[i - 1].event, marks_[i].event),
+                                    "cudaEventElapsedTime"));
+      auto total = std::find_if(totals.begin(), totals.end(), [&](const auto& t) { return t.first == marks_[i].phase; });
+      if (total == totals.end()) totals.emplace_back(marks_[i].phase, milliseconds);
+      else total->second += milliseconds;
+    }
+    float sum = 0.0f;
+    for (const auto& [phase, milliseconds] : totals) {
+      std::fprintf(stderr, "  %-32s %8.3f ms\n", phase.c_str(), milliseconds);
+      sum += milliseconds;
+    }
+    std::fprintf(stderr, "  %-32s %8.3f ms\n", "total (CUDA)", sum);
+    return {};
+  }
+
+ private:
+  struct Mark {
+    std::string phase;
+    cudaEvent_t event;
+  };
+  bool on_;
+  cudaStream_t stream_;
+  std::vector<Mark> marks_;
+};
+
+template <int D>
+const char* lattice_name() {
+  return D == kSpatialDims ? "spatial" : "bilateral";
+}
+
 #define SD_LAUNCH(kernel, grid, ...)                                    \
   do {                                                                  \
     kernel<<<(grid), kThreads, 0, stream_>>>(__VA_ARGS__);              \
@@ -515,6 +576,13 @@ class CudaCrf {
   }
 
   Error run() {
+    SD_RETURN_IF_ERROR(profile_.mark("start"));
+    SD_RETURN_IF_ERROR(run_images());
+    return profile_.print();
+  }
+
+ private:
+  Error run_images() {
     const bool spatial = spatial_active(p_), bilateral = bilateral_active(p_);
     if (spatial)
       SD_RETURN_IF_ERROR(
@@ -524,6 +592,7 @@ class CudaCrf {
       SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long)));
       SD_LAUNCH(load_log_prob_kernel, blocks_for(image_values), io_.unary, io_.unary_dtype, io_.unary_kind,
                 image * image_values, io_.classes, pixels_, w_.log_prob, w_.first_bad);
+      SD_RETURN_IF_ERROR(profile_.mark("unary load"));
       if (bilateral) {
         const ImageView view{io_.image + int64_t(image) * pixels_ * 3, io_.image_layout, io_.height, io_.width};
         SD_RETURN_IF_ERROR(prepare_lattice(w_.bilateral, view, p_.bilateral_weight));
@@ -545,7 +614,6 @@ class CudaCrf {
     return {};
   }
 
- private:
   Error memset(void* pointer, int value, size_t bytes) {
     return cuda_error(cudaMemsetAsync(pointer, value, bytes, stream_), "cudaMemsetAsync");
   }
@@ -560,7 +628,9 @@ class CudaCrf {
   Error prepare_lattice(DeviceLattice<D>& lattice, const ImageView& image, float potts_weight) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int32_t entries = L.entries, slots = int32_t(L.table_mask) + 1;
+    const std::string name = lattice_name<D>();
     SD_LAUNCH(embed_kernel<D>, blocks_for(pixels_), L, LatticeScale<D>(), image, p_);
+    SD_RETURN_IF_ERROR(profile_.mark(name + " build: embed"));
     SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot)));
     SD_LAUNCH(insert_kernel<D>, blocks_for(entries), L);
     SD_RETURN_IF_ERROR(memset(lattice.owner_flag + entries, 0, sizeof(int32_t)));
@@ -570,6 +640,7 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(memset(L.vertex_size, 0, (size_t(entries) + 1) * sizeof(int32_t)));
     SD_LAUNCH(assign_kernel<D>, blocks_for(entries), L);
     SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), L);
+    SD_RETURN_IF_ERROR(profile_.mark(name + " build: hash, number"));
     SD_RETURN_IF_ERROR(scan(L.vertex_size, L.segment_start, entries + 1));
     // Entries grouped by vertex, in entry order within a vertex: a stable sort by vertex.
     size_t sort_bytes = w_.temp_bytes;
@@ -578,6 +649,7 @@ class CudaCrf {
                                         lattice.entry_index, L.segment_entry, entries, 0, vertex_bits(entries), stream_),
         "cub::DeviceRadixSort::SortPairs"));
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), L);
+    SD_RETURN_IF_ERROR(profile_.mark(name + " build: sort, neighbours"));
 
     SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t)));
     SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t)));
@@ -590,17 +662,17 @@ class CudaCrf {
     SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), L, lattice.splat_weight, lattice.splat_pixel);
     SD_LAUNCH(fill_kernel, blocks_for(pixels_), lattice.pre, pixels_, 1.0f);
     const float* row_sum = nullptr;
-    SD_RETURN_IF_ERROR(splat_and_blur(lattice, lattice.pre, 1, lattice.row_values, lattice.row_scratch, &row_sum));
+    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, lattice.row_values, lattice.row_scratch));
+    SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum));
     SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), L, row_sum, p_.normalization, lattice.pre, lattice.post);
     SD_LAUNCH(weights_kernel<D>, blocks_for(entries), L, lattice.pre, lattice.post, potts_weight,
               lattice.splat_weight, lattice.splat_pixel, lattice.slice_weight);
-    return {};
+    return profile_.mark(name + " build: parts, normalisation");
   }
 
-  // Splats rows of `width` floats (q) and blurs them; *result is the buffer holding the result.
+  // Splats rows of `width` floats (q) into `values`; zeroes the sentinel row of both buffers.
   template <int D, typename T>
-  Error splat_and_blur(DeviceLattice<D>& lattice, const float* q, int32_t width, T* values, T* scratch,
-                       const T** result) {
+  Error splat(DeviceLattice<D>& lattice, const float* q, int32_t width, T* values, T* scratch) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
     const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
@@ -609,6 +681,14 @@ class CudaCrf {
     SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), parts, L.segment_start, lattice.splat_weight,
               lattice.splat_pixel, q, width, values, lattice.partial);
     SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(items), parts, lattice.partial, width, values);
+    return {};
+  }
+
+  // Blurs `values` along every axis, ping-ponging with `scratch`; *result is the buffer holding the result.
+  template <int D, typename T>
+  Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result) {
+    const LatticeArrays<D>& L = lattice.arrays;
+    const int64_t items = (int64_t(L.entries) + 1) * width;
     T* source = values;
     T* target = scratch;
     for (int axis = 0; axis <= D; ++axis) {
@@ -624,7 +704,11 @@ class CudaCrf {
   Error filter(DeviceLattice<D>& lattice, SliceSource<D>& source) {
     source.entry_vertex = lattice.arrays.entry_vertex;
     source.slice_weight = lattice.slice_weight;
-    return splat_and_blur(lattice, w_.q, io_.classes, lattice.values, lattice.scratch, &source.blurred);
+    const std::string name = lattice_name<D>();
+    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, lattice.values, lattice.scratch));
+    SD_RETURN_IF_ERROR(profile_.mark(name + " splat"));
+    SD_RETURN_IF_ERROR(blur(lattice, io_.classes, lattice.values, lattice.scratch, &source.blurred));
+    return profile_.mark(name + " blur");
   }
 
   Error slice_softmax(const SliceSource<kSpatialDims>& spatial, const SliceSource<kBilateralDims>& bilateral,
@@ -635,7 +719,7 @@ class CudaCrf {
     else if (per_lane <= 2) SD_LAUNCH(slice_softmax_kernel<2>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
     else if (per_lane <= 4) SD_LAUNCH(slice_softmax_kernel<4>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
     else SD_LAUNCH(slice_softmax_kernel<kMaxCudaClasses / 32>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    return {};
+    return profile_.mark(spatial.entry_vertex || bilateral.entry_vertex ? "slice, softmax" : "first softmax");
   }
 
   const sd_crf_params& p_;
@@ -643,6 +727,7 @@ class CudaCrf {
   Layout& w_;
   cudaStream_t stream_;
   int32_t pixels_;
+  PhaseProfile profile_{stream_};
 };
 
 }  // namespace
