@@ -1,5 +1,7 @@
 """The C++ tests of the kernels (kernels/tests), built with AddressSanitizer and
-UndefinedBehaviorSanitizer into a temporary directory and run by CTest."""
+UndefinedBehaviorSanitizer into a temporary directory and run by CTest: against the library, and
+(where CUDA's headers are installed) against the CUDA driver run on the host by
+kernels/tests/cuda_emulation.h, so that the CUDA kernels are checked without a GPU."""
 
 from __future__ import annotations
 
@@ -28,3 +30,5 @@ def test_cpp_tests_pass_under_address_and_undefined_behaviour_sanitizers(tmp_pat
                     ["ctest", "--test-dir", str(build), "--output-on-failure"]):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    if shutil.which("nvcc"):  # CUDA's headers are there: the CUDA kernels were tested on the host
+        assert "densecrf_emulated_cuda ...." in result.stdout and "0 tests failed" in result.stdout, result.stdout

@@ -9,8 +9,10 @@
 // Flat image regions put thousands of pixels on one lattice vertex. So that no thread is left
 // with such a vertex alone, the splat works on parts of at most kPartEntries entries and sums
 // the parts of the few heavy vertices in a second, deterministic pass.
+#ifndef SD_CUDA_EMULATION  // kernels/tests/cuda_emulation.h runs this file on the host, with its own CUB
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#endif
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -524,10 +526,10 @@ class PhaseProfile {
     }
     float sum = 0.0f;
     for (const auto& [phase, milliseconds] : totals) {
-      std::fprintf(stderr, "  %-32s %8.3f ms\n", phase.c_str(), milliseconds);
+      std::fprintf(stderr, "  %-38s %8.3f ms\n", phase.c_str(), milliseconds);
       sum += milliseconds;
     }
-    std::fprintf(stderr, "  %-32s %8.3f ms\n", "total (CUDA)", sum);
+    std::fprintf(stderr, "  %-38s %8.3f ms\n", "total (CUDA)", sum);
     return {};
   }
 
@@ -546,10 +548,15 @@ const char* lattice_name() {
   return D == kSpatialDims ? "spatial" : "bilateral";
 }
 
-#define SD_LAUNCH(kernel, grid, ...)                                    \
-  do {                                                                  \
-    kernel<<<(grid), kThreads, 0, stream_>>>(__VA_ARGS__);              \
-    SD_RETURN_IF_ERROR(launched(#kernel));                              \
+#ifdef SD_CUDA_EMULATION
+#define SD_KERNEL_CALL(kernel, grid, ...) segdeploy::emulation::launch((grid), kThreads, [&] { kernel(__VA_ARGS__); })
+#else
+#define SD_KERNEL_CALL(kernel, grid, ...) kernel<<<(grid), kThreads, 0, stream_>>>(__VA_ARGS__)
+#endif
+#define SD_LAUNCH(kernel, grid, ...)              \
+  do {                                            \
+    SD_KERNEL_CALL(kernel, grid, __VA_ARGS__);    \
+    SD_RETURN_IF_ERROR(launched(#kernel));        \
   } while (0)
 
 class CudaCrf {

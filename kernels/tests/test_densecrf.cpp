@@ -27,14 +27,14 @@ int failures = 0;
   } while (0)
 
 // A small scene: left half dark red, right half light blue, a green square; the unary favours
-// the true class (0, 1, 2) with Gaussian noise.
+// the true class (0, 1, 2) with Gaussian noise (further classes get noise only).
 struct Scene {
-  int32_t classes = 3, height = 24, width = 32;
+  int32_t classes, height = 24, width = 32;
   std::vector<uint8_t> image;   // HWC
   std::vector<float> unary;     // logits, (classes, height, width)
   std::vector<int32_t> truth;   // (height, width)
 
-  explicit Scene(uint32_t seed = 1) {
+  explicit Scene(uint32_t seed = 1, int32_t class_count = 3) : classes(class_count) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> noise(0.0f, 1.0f);
     const int pixels = height * width;
@@ -74,13 +74,53 @@ sd_crf_io make_io(const Scene& s, const void* unary, Result& r, int32_t batch = 
                    s.height, s.width, r.probabilities.data(), r.labels.data()};
 }
 
-Result run_cpu(const Scene& s, const sd_crf_params& p, const std::function<void(sd_crf_io&)>& adjust = {},
-               int threads = 0) {
+using Adjust = std::function<void(sd_crf_io&)>;
+
+Result run_cpu(const Scene& s, const sd_crf_params& p, const Adjust& adjust = {}, int threads = 0, int32_t batch = 1) {
   Result r;
-  sd_crf_io io = make_io(s, s.unary.data(), r);
+  sd_crf_io io = make_io(s, s.unary.data(), r, batch);
   if (adjust) adjust(io);
   r.status = sd_crf_cpu(&p, &io, threads);
   r.error = sd_last_error();
+  return r;
+}
+
+// Device memory holding a copy of `bytes` host bytes (or nothing).
+struct DeviceBuffer {
+  void* pointer = nullptr;
+  DeviceBuffer(size_t bytes, const void* host = nullptr) {
+    EXPECT(sd_cuda_malloc(bytes, &pointer) == SD_OK, "%s", sd_last_error());
+    if (host != nullptr) EXPECT(sd_cuda_memcpy(pointer, host, bytes) == SD_OK, "%s", sd_last_error());
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { sd_cuda_free(pointer); }
+};
+
+// sd_crf_cuda on device copies of the inputs that run_cpu would read (same scene, same `adjust`).
+Result run_cuda(const Scene& s, const sd_crf_params& p, const Adjust& adjust = {}, int32_t batch = 1,
+                size_t workspace_shortfall = 0) {
+  Result r;
+  sd_crf_io io = make_io(s, s.unary.data(), r, batch);
+  if (adjust) adjust(io);
+  const size_t pixels = size_t(io.batch) * io.height * io.width, values = pixels * io.classes;
+  const size_t probability_bytes = values * sizeof(float), label_bytes = pixels * sizeof(int32_t);
+  size_t workspace_bytes = 0;
+  EXPECT(sd_crf_cuda_workspace_bytes(io.classes, io.height, io.width, &workspace_bytes) == SD_OK, "%s", sd_last_error());
+  workspace_bytes -= workspace_shortfall;
+  DeviceBuffer workspace(workspace_bytes), unary(values * (io.unary_dtype == SD_DTYPE_FLOAT16 ? 2 : 4), io.unary),
+      image(pixels * 3, io.image), probabilities(probability_bytes), labels(label_bytes);
+  sd_crf_io on_device = io;
+  on_device.unary = unary.pointer;
+  on_device.image = static_cast<const uint8_t*>(image.pointer);
+  on_device.probabilities = io.probabilities ? static_cast<float*>(probabilities.pointer) : nullptr;
+  on_device.labels = io.labels ? static_cast<int32_t*>(labels.pointer) : nullptr;
+  r.status = sd_crf_cuda(&p, &on_device, workspace.pointer, workspace_bytes, /*check_finite=*/1, nullptr);
+  r.error = sd_last_error();
+  if (r.status == SD_OK && io.probabilities)
+    EXPECT(sd_cuda_memcpy(r.probabilities.data(), probabilities.pointer, probability_bytes) == SD_OK, "%s", sd_last_error());
+  if (r.status == SD_OK && io.labels)
+    EXPECT(sd_cuda_memcpy(r.labels.data(), labels.pointer, label_bytes) == SD_OK, "%s", sd_last_error());
   return r;
 }
 
@@ -338,44 +378,71 @@ void test_large_lattice_and_thread_count() {
          max_difference(one.probabilities, three.probabilities));
 }
 
+void expect_cuda_matches_cpu(const char* what, const Scene& s, const sd_crf_params& p, const Adjust& adjust = {},
+                             int32_t batch = 1) {
+  const Result cpu = run_cpu(s, p, adjust, 0, batch), gpu = run_cuda(s, p, adjust, batch);
+  EXPECT(cpu.status == SD_OK, "%s on the CPU: %s", what, cpu.error.c_str());
+  EXPECT(gpu.status == SD_OK, "%s on CUDA: %s", what, gpu.error.c_str());
+  EXPECT(max_difference(cpu.probabilities, gpu.probabilities) < 1e-4f, "%s, CUDA vs CPU: max |dQ| %g", what,
+         max_difference(cpu.probabilities, gpu.probabilities));
+  EXPECT(error_rate(gpu.labels, cpu.labels) < 5e-3, "%s, CUDA vs CPU labels differ at %.4f", what,
+         error_rate(gpu.labels, cpu.labels));
+}
+
 void test_cuda_matches_cpu() {
   if (sd_cuda_device_count() == 0) {
     std::printf("skipped CUDA vs CPU: no CUDA device (built with CUDA: %d)\n", sd_built_with_cuda());
     return;
   }
+  EXPECT(sd_cuda_set_device(0) == SD_OK, "%s", sd_last_error());
   const Scene s;
   const sd_crf_params p = default_params();
-  const Result cpu = run_cpu(s, p);
-  size_t workspace_bytes = 0;
-  EXPECT(sd_crf_cuda_workspace_bytes(s.classes, s.height, s.width, &workspace_bytes) == SD_OK, "%s", sd_last_error());
-  void *workspace = nullptr, *unary = nullptr, *image = nullptr, *probabilities = nullptr, *labels = nullptr;
-  const size_t unary_bytes = s.unary.size() * sizeof(float), label_bytes = size_t(s.pixels()) * sizeof(int32_t);
-  EXPECT(sd_cuda_set_device(0) == SD_OK, "%s", sd_last_error());
-  for (auto [pointer, bytes] : {std::pair{&workspace, workspace_bytes}, {&unary, unary_bytes}, {&image, s.image.size()},
-                                {&probabilities, unary_bytes}, {&labels, label_bytes}})
-    EXPECT(sd_cuda_malloc(bytes, pointer) == SD_OK, "%s", sd_last_error());
-  sd_cuda_memcpy(unary, s.unary.data(), unary_bytes);
-  sd_cuda_memcpy(image, s.image.data(), s.image.size());
-  const sd_crf_io io{unary, SD_DTYPE_FLOAT32, SD_CRF_UNARY_LOGITS, static_cast<uint8_t*>(image), SD_IMAGE_HWC, 1,
-                     s.classes, s.height, s.width, static_cast<float*>(probabilities), static_cast<int32_t*>(labels)};
-  EXPECT(sd_crf_cuda(&p, &io, workspace, workspace_bytes, 1, nullptr) == SD_OK, "%s", sd_last_error());
-  Result gpu;
-  gpu.probabilities.resize(s.unary.size());
-  gpu.labels.resize(s.pixels());
-  EXPECT(sd_cuda_memcpy(gpu.probabilities.data(), probabilities, unary_bytes) == SD_OK, "%s", sd_last_error());
-  EXPECT(sd_cuda_memcpy(gpu.labels.data(), labels, label_bytes) == SD_OK, "%s", sd_last_error());
-  EXPECT(max_difference(cpu.probabilities, gpu.probabilities) < 1e-4f, "CUDA vs CPU: max |dQ| %g",
-         max_difference(cpu.probabilities, gpu.probabilities));
-  EXPECT(error_rate(gpu.labels, cpu.labels) < 5e-3, "CUDA vs CPU labels differ at %.4f", error_rate(gpu.labels, cpu.labels));
+  expect_cuda_matches_cpu("default parameters", s, p);
+
+  // Each case below exercises several paths at once: emulated CUDA (no GPU) is slow.
+  const Scene other(7);
+  std::vector<uint16_t> halves;
+  std::vector<uint8_t> planar;
+  for (const Scene* scene : {&s, &other}) {
+    for (float value : scene->unary) halves.push_back(float_to_half(value));
+    for (int c = 0; c < 3; ++c)
+      for (int i = 0; i < s.pixels(); ++i) planar.push_back(scene->image[size_t(i) * 3 + c]);
+  }
+  expect_cuda_matches_cpu("batch of two, float16 unary, planar images", s, p, [&](sd_crf_io& io) {
+    io.unary = halves.data();
+    io.unary_dtype = SD_DTYPE_FLOAT16;
+    io.image = planar.data();
+    io.image_layout = SD_IMAGE_CHW;
+  }, 2);
+  const std::vector<float> probabilities = softmax_of_logits(s);
+  sd_crf_params variant = p;
+  variant.normalization = SD_CRF_NORMALIZE_AFTER;
+  expect_cuda_matches_cpu("probabilities as unary, normalisation after, labels only", s, variant, [&](sd_crf_io& io) {
+    io.unary = probabilities.data();
+    io.unary_kind = SD_CRF_UNARY_PROBABILITIES;
+    io.probabilities = nullptr;
+  });
+  expect_cuda_matches_cpu("40 classes (two per lane)", Scene(3, 40), p);
+  Scene flat(5);
+  std::fill(flat.image.begin(), flat.image.end(), uint8_t(128));  // a few vertices of hundreds of entries
+  expect_cuda_matches_cpu("flat image", flat, p);
+
+  variant = p;
+  variant.spatial_weight = 0.0f;
+  expect_cuda_matches_cpu("bilateral kernel only", s, variant);
+  variant = p;
+  variant.bilateral_weight = 0.0f;
+  expect_cuda_matches_cpu("spatial kernel only", s, variant);
+  variant = p;
+  variant.iterations = 0;
+  expect_cuda_matches_cpu("no iterations", s, variant);
 
   std::vector<float> nan_unary = s.unary;
   nan_unary[11] = NAN;
-  sd_cuda_memcpy(unary, nan_unary.data(), unary_bytes);
-  EXPECT(sd_crf_cuda(&p, &io, workspace, workspace_bytes, 1, nullptr) == SD_ERROR_INVALID_ARGUMENT, "NaN on the GPU");
-  EXPECT(std::string(sd_last_error()).find("unary[0, 0, 0, 11]") != std::string::npos, "%s", sd_last_error());
-  EXPECT(sd_crf_cuda(&p, &io, workspace, workspace_bytes - 1024, 1, nullptr) == SD_ERROR_INVALID_ARGUMENT,
-         "small workspace");
-  for (void* pointer : {workspace, unary, image, probabilities, labels}) sd_cuda_free(pointer);
+  const Result nan = run_cuda(s, p, [&](sd_crf_io& io) { io.unary = nan_unary.data(); });
+  EXPECT(nan.status == SD_ERROR_INVALID_ARGUMENT, "NaN on the GPU");
+  EXPECT(nan.error.find("unary[0, 0, 0, 11]") != std::string::npos, "%s", nan.error.c_str());
+  EXPECT(run_cuda(s, p, {}, 1, 1024).status == SD_ERROR_INVALID_ARGUMENT, "small workspace");
 }
 
 }  // namespace

@@ -1,0 +1,131 @@
+// CUDA on the host, for tests: the CUDA driver of the dense CRF (densecrf_cuda.cu), compiled as
+// C++ after this header, runs on the CPU one emulated thread at a time, so that machines without
+// a GPU (CI among them) check the kernels' logic and, under AddressSanitizer, their indexing.
+//
+// Each warp's 32 threads are coroutines that meet at every shuffle, as a warp does; the CUDA
+// runtime calls act on host memory (cuda_emulation.cpp); the two CUB algorithms that the driver
+// uses run sequentially. Emulation finds wrong results and out-of-bounds accesses, not races and
+// not speed.
+#ifndef SEGDEPLOY_CUDA_EMULATION_H
+#define SEGDEPLOY_CUDA_EMULATION_H
+
+#define SD_CUDA_EMULATION 1
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+// The execution-space keywords mean nothing on the host (the headers above make them attributes
+// that GCC does not know).
+#undef __global__
+#undef __device__
+#undef __host__
+#define __global__
+#define __device__
+#define __host__
+
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+
+namespace segdeploy::emulation {
+
+// Runs `thread` once per thread of a grid of `blocks` x `threads_per_block` (a multiple of 32),
+// with threadIdx, blockIdx, blockDim and gridDim set as a kernel sees them.
+void launch(int blocks, int threads_per_block, const std::function<void()>& thread);
+
+// The value that lane (this lane ^ lane_mask) passed to the same shuffle; every lane of the
+// warp must reach it (the kernels shuffle with the full mask only).
+uint32_t exchange(uint32_t bits, int lane_mask);
+
+template <typename T>
+T shuffle_xor(T value, int lane_mask) {
+  static_assert(sizeof(T) == sizeof(uint32_t), "32-bit shuffles only");
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  bits = exchange(bits, lane_mask);
+  std::memcpy(&value, &bits, sizeof bits);
+  return value;
+}
+
+}  // namespace segdeploy::emulation
+
+inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
+  return segdeploy::emulation::shuffle_xor(value, lane_mask);
+}
+inline int __shfl_xor_sync(unsigned, int value, int lane_mask) {
+  return segdeploy::emulation::shuffle_xor(value, lane_mask);
+}
+
+// One emulated thread runs at a time, so the atomics are plain read-modify-writes.
+inline int atomicAdd(int* address, int value) {
+  const int old = *address;
+  *address = old + value;
+  return old;
+}
+inline unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;
+  *address = std::min(old, value);
+  return old;
+}
+
+inline int min(int a, int b) { return a < b ? a : b; }
+
+// The subset of CUB that densecrf_cuda.cu calls, with CUB's signatures and semantics.
+namespace cub {
+
+struct DeviceScan {
+  template <typename T>
+  static cudaError_t ExclusiveSum(void* temp, size_t& temp_bytes, const T* in, T* out, int count,
+                                  cudaStream_t = nullptr) {
+    if (temp == nullptr) {
+      temp_bytes = 1;
+      return cudaSuccess;
+    }
+    T sum = 0;
+    for (int i = 0; i < count; ++i) {
+      const T value = in[i];
+      out[i] = sum;
+      sum += value;
+    }
+    return cudaSuccess;
+  }
+};
+
+struct DeviceRadixSort {
+  // A stable sort of (key, value) pairs by the key bits [begin_bit, end_bit).
+  template <typename Key, typename Value>
+  static cudaError_t SortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
+                               const Value* values_in, Value* values_out, int count, int begin_bit = 0,
+                               int end_bit = int(sizeof(Key) * 8), cudaStream_t = nullptr) {
+    if (temp == nullptr) {
+      temp_bytes = 1;
+      return cudaSuccess;
+    }
+    using Bits = std::make_unsigned_t<Key>;
+    const int width = end_bit - begin_bit;
+    const Bits mask = width >= int(sizeof(Bits) * 8) ? Bits(~Bits(0)) : Bits((Bits(1) << width) - 1);
+    auto sort_key = [&](int i) { return Bits(Bits(keys_in[i]) >> begin_bit) & mask; };
+    std::vector<int> order(count);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sort_key(a) < sort_key(b); });
+    for (int i = 0; i < count; ++i) {
+      keys_out[i] = keys_in[order[i]];
+      values_out[i] = values_in[order[i]];
+    }
+    return cudaSuccess;
+  }
+};
+
+}  // namespace cub
+
+#endif
