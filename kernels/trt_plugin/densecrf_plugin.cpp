@@ -9,10 +9,11 @@
 // "probabilities" | "neg_log_prob").
 //
 // Load the library with IPluginRegistry::loadLibrary (trtexec --dynamicPlugins=...), which
-// calls getCreators() below. The workspace comes from TensorRT, sized by getWorkspaceSize for
-// the largest shape of the profile; enqueue never waits for the stream.
+// calls setLoggerFinder() and getCreators() below. The workspace comes from TensorRT, sized by
+// getWorkspaceSize for the largest shape of the profile; enqueue never waits for the stream.
 #include <NvInferRuntime.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -29,6 +30,17 @@ using namespace nvinfer1;
 constexpr char kName[] = "DenseCRF";
 constexpr char kVersion[] = "1";
 constexpr char kNamespace[] = "";
+
+std::atomic<ILoggerFinder*> logger_finder{nullptr};  // given by TensorRT when it loads the library
+
+// Errors go to the logger of the engine or builder that called (stderr when there is none).
+void log_error(const char* what) {
+  ILoggerFinder* finder = logger_finder.load();
+  ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
+  const std::string message = std::string("DenseCRF plugin: ") + what;
+  if (logger != nullptr) logger->log(ILogger::Severity::kERROR, message.c_str());
+  else std::fprintf(stderr, "%s\n", message.c_str());
+}
 
 struct Attributes {
   sd_crf_params params{};
@@ -144,7 +156,7 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
     const Dims& largest = inputs[0].max;
     size_t bytes = 0;
     if (sd_crf_cuda_workspace_bytes(int32_t(largest.d[1]), int32_t(largest.d[2]), int32_t(largest.d[3]), &bytes) != SD_OK)
-      std::fprintf(stderr, "DenseCRF plugin: %s\n", sd_last_error());
+      log_error(sd_last_error());
     return bytes;
   }
 
@@ -170,7 +182,7 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
     size_t bytes = 0;
     int status = sd_crf_cuda_workspace_bytes(io.classes, io.height, io.width, &bytes);
     if (status == SD_OK) status = sd_crf_cuda(&a_.params, &io, workspace, bytes, /*check_finite=*/0, stream);
-    if (status != SD_OK) std::fprintf(stderr, "DenseCRF plugin: %s\n", sd_last_error());
+    if (status != SD_OK) log_error(sd_last_error());
     return status == SD_OK ? 0 : -1;
   }
 
@@ -225,12 +237,12 @@ class DenseCrfPluginCreator : public IPluginCreatorV3One {
                             reinterpret_cast<const uint8_t*>(1), SD_IMAGE_HWC, 1, 1, 1, 1,
                             reinterpret_cast<float*>(1), nullptr};
       if (sd_crf_validate(&attributes.params, &probe) != SD_OK) {
-        std::fprintf(stderr, "DenseCRF plugin: %s\n", sd_last_error());
+        log_error(sd_last_error());
         return nullptr;
       }
       return new DenseCrfPlugin(std::move(attributes));
     } catch (const std::exception& error) {
-      std::fprintf(stderr, "DenseCRF plugin: %s\n", error.what());
+      log_error(error.what());
       return nullptr;
     }
   }
@@ -242,6 +254,8 @@ class DenseCrfPluginCreator : public IPluginCreatorV3One {
 
 }  // namespace
 }  // namespace segdeploy::trt
+
+extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { segdeploy::trt::logger_finder.store(finder); }
 
 extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
   static segdeploy::trt::DenseCrfPluginCreator creator;
