@@ -668,8 +668,11 @@ class CudaCrf {
 
     SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), L, lattice.splat_weight, lattice.splat_pixel);
     SD_LAUNCH(fill_kernel, blocks_for(pixels_), lattice.pre, pixels_, 1.0f);
+    // Row M, the absent neighbour, is never written by a splat or a blur: zeroed once per lattice.
+    SD_LAUNCH(zero_sentinel_kernel<float>, 1, L.vertex_count, lattice.row_values, lattice.row_scratch, 1);
+    SD_LAUNCH(zero_sentinel_kernel<__half>, 1, L.vertex_count, lattice.values, lattice.scratch, io_.classes);
     const float* row_sum = nullptr;
-    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, lattice.row_values, lattice.row_scratch));
+    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, lattice.row_values));
     SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum));
     SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), L, row_sum, p_.normalization, lattice.pre, lattice.post);
     SD_LAUNCH(weights_kernel<D>, blocks_for(entries), L, lattice.pre, lattice.post, potts_weight,
@@ -677,17 +680,18 @@ class CudaCrf {
     return profile_.mark(name + " build: parts, normalisation");
   }
 
-  // Splats rows of `width` floats (q) into `values`; zeroes the sentinel row of both buffers.
+  // Splats rows of `width` floats (q) into `values`.
   template <int D, typename T>
-  Error splat(DeviceLattice<D>& lattice, const float* q, int32_t width, T* values, T* scratch) {
+  Error splat(DeviceLattice<D>& lattice, const float* q, int32_t width, T* values) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
+    // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
+    const int64_t heavy_items = (int64_t(L.entries) / (kPartEntries + 1) + 1) * width;
     const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
                       lattice.heavy_count};
-    SD_LAUNCH(zero_sentinel_kernel<T>, 1, L.vertex_count, values, scratch, width);
     SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), parts, L.segment_start, lattice.splat_weight,
               lattice.splat_pixel, q, width, values, lattice.partial);
-    SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(items), parts, lattice.partial, width, values);
+    SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), parts, lattice.partial, width, values);
     return {};
   }
 
@@ -712,7 +716,7 @@ class CudaCrf {
     source.entry_vertex = lattice.arrays.entry_vertex;
     source.slice_weight = lattice.slice_weight;
     const std::string name = lattice_name<D>();
-    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, lattice.values, lattice.scratch));
+    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, lattice.values));
     SD_RETURN_IF_ERROR(profile_.mark(name + " splat"));
     SD_RETURN_IF_ERROR(blur(lattice, io_.classes, lattice.values, lattice.scratch, &source.blurred));
     return profile_.mark(name + " blur");

@@ -138,9 +138,13 @@ cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 const char* cudaGetErrorName(cudaError_t error) { return error == cudaSuccess ? "cudaSuccess" : "cudaError"; }
 const char* cudaGetErrorString(cudaError_t error) { return error == cudaSuccess ? "no error" : "emulated CUDA error"; }
 
+// New memory is all ones bits (NaN as float, -1 as int) so that a read before any write shows.
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
-  *pointer = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  return *pointer != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+  const size_t rounded = (bytes + 255) / 256 * 256;
+  *pointer = std::aligned_alloc(256, rounded);
+  if (*pointer == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(*pointer, 0xff, rounded);
+  return cudaSuccess;
 }
 cudaError_t cudaFree(void* pointer) {
   std::free(pointer);
