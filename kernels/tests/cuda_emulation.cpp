@@ -94,7 +94,7 @@ uint32_t exchange(uint32_t bits, int lane_mask) {
 
 // Warps run as coroutines only in kernels that shuffle: a kernel whose first warp reaches no
 // shuffle runs its other threads as plain calls (a coroutine switch costs a system call).
-void launch(int blocks, int threads_per_block, const std::function<void()>& thread) {
+void run_grid(int blocks, int threads_per_block, const std::function<void()>& thread) {
   if (blocks < 1 || threads_per_block < 1 || threads_per_block % kWarpSize != 0) fail("bad launch configuration");
   static thread_local Warp warp;
   gridDim = dim3(unsigned(blocks));
@@ -120,6 +120,22 @@ void launch(int blocks, int threads_per_block, const std::function<void()>& thre
 }
 
 }  // namespace segdeploy::emulation
+
+// Streams and graphs: a graph is the list of operations recorded while its stream was captured.
+struct CUgraph_st {
+  std::vector<std::function<void()>> operations;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> operations;
+};
+struct CUstream_st {
+  CUgraph_st* capturing = nullptr;
+};
+
+void segdeploy::emulation::enqueue(cudaStream_t stream, std::function<void()> operation) {
+  if (stream != nullptr && stream->capturing != nullptr) stream->capturing->operations.push_back(std::move(operation));
+  else operation();
+}
 
 // ---- the CUDA runtime calls of the driver and of src/cuda_runtime.cpp, on host memory -------
 
@@ -154,15 +170,59 @@ cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cuda
   std::memcpy(destination, source, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes, cudaMemcpyKind, cudaStream_t) {
-  std::memcpy(destination, source, bytes);
+cudaError_t cudaMemcpyAsync(void* destination, const void* source, size_t bytes, cudaMemcpyKind, cudaStream_t stream) {
+  segdeploy::emulation::enqueue(stream, [=] { std::memcpy(destination, source, bytes); });
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t) {
-  std::memset(pointer, value, bytes);
+cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t stream) {
+  segdeploy::emulation::enqueue(stream, [=] { std::memset(pointer, value, bytes); });
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return stream != nullptr && stream->capturing != nullptr ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  *stream = new CUstream_st{};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+  if (stream == nullptr) return cudaErrorStreamCaptureUnsupported;  // the legacy default stream
+  if (stream->capturing != nullptr) return cudaErrorIllegalState;
+  stream->capturing = new CUgraph_st{};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  *status = stream != nullptr && stream->capturing != nullptr ? cudaStreamCaptureStatusActive
+                                                              : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  if (stream == nullptr || stream->capturing == nullptr) return cudaErrorIllegalState;
+  *graph = stream->capturing;
+  stream->capturing = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* executable, cudaGraph_t graph, unsigned long long) {
+  *executable = new CUgraphExec_st{graph->operations};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t executable, cudaStream_t stream) {
+  for (const auto& operation : executable->operations) segdeploy::emulation::enqueue(stream, operation);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t executable) {
+  delete executable;
+  return cudaSuccess;
+}
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st{};

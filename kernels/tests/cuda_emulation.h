@@ -3,9 +3,9 @@
 // a GPU (CI among them) check the kernels' logic and, under AddressSanitizer, their indexing.
 //
 // Each warp's 32 threads are coroutines that meet at every shuffle, as a warp does; the CUDA
-// runtime calls act on host memory (cuda_emulation.cpp); the two CUB algorithms that the driver
-// uses run sequentially. Emulation finds wrong results and out-of-bounds accesses, not races and
-// not speed.
+// runtime calls act on host memory (cuda_emulation.cpp), streams run their work at once unless
+// they are being captured into a graph, and the two CUB algorithms that the driver uses run
+// sequentially. Emulation finds wrong results and out-of-bounds accesses, not races and not speed.
 #ifndef SEGDEPLOY_CUDA_EMULATION_H
 #define SEGDEPLOY_CUDA_EMULATION_H
 
@@ -20,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -39,9 +40,22 @@ extern thread_local dim3 gridDim;
 
 namespace segdeploy::emulation {
 
+// Runs `operation` now, or records it when `stream` is being captured into a graph (what CUDA
+// does with the work enqueued on a stream, one emulated operation at a time).
+void enqueue(cudaStream_t stream, std::function<void()> operation);
+
 // Runs `thread` once per thread of a grid of `blocks` x `threads_per_block` (a multiple of 32),
 // with threadIdx, blockIdx, blockDim and gridDim set as a kernel sees them.
-void launch(int blocks, int threads_per_block, const std::function<void()>& thread);
+void run_grid(int blocks, int threads_per_block, const std::function<void()>& thread);
+
+// kernel<<<blocks, threads_per_block, 0, stream>>>(arguments...): the arguments are converted to
+// the kernel's parameter types and copied at the launch, as CUDA does.
+template <typename... Parameters, typename... Arguments>
+void launch(cudaStream_t stream, int blocks, int threads_per_block, void (*kernel)(Parameters...),
+            const Arguments&... arguments) {
+  std::tuple<std::decay_t<Parameters>...> copied(arguments...);
+  enqueue(stream, [=] { run_grid(blocks, threads_per_block, [&] { std::apply(kernel, copied); }); });
+}
 
 // The value that lane (this lane ^ lane_mask) passed to the same shuffle; every lane of the
 // warp must reach it (the kernels shuffle with the full mask only).
@@ -86,17 +100,19 @@ namespace cub {
 struct DeviceScan {
   template <typename T>
   static cudaError_t ExclusiveSum(void* temp, size_t& temp_bytes, const T* in, T* out, int count,
-                                  cudaStream_t = nullptr) {
+                                  cudaStream_t stream = nullptr) {
     if (temp == nullptr) {
       temp_bytes = 1;
       return cudaSuccess;
     }
-    T sum = 0;
-    for (int i = 0; i < count; ++i) {
-      const T value = in[i];
-      out[i] = sum;
-      sum += value;
-    }
+    segdeploy::emulation::enqueue(stream, [=] {
+      T sum = 0;
+      for (int i = 0; i < count; ++i) {
+        const T value = in[i];
+        out[i] = sum;
+        sum += value;
+      }
+    });
     return cudaSuccess;
   }
 };
@@ -106,22 +122,24 @@ struct DeviceRadixSort {
   template <typename Key, typename Value>
   static cudaError_t SortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
                                const Value* values_in, Value* values_out, int count, int begin_bit = 0,
-                               int end_bit = int(sizeof(Key) * 8), cudaStream_t = nullptr) {
+                               int end_bit = int(sizeof(Key) * 8), cudaStream_t stream = nullptr) {
     if (temp == nullptr) {
       temp_bytes = 1;
       return cudaSuccess;
     }
-    using Bits = std::make_unsigned_t<Key>;
-    const int width = end_bit - begin_bit;
-    const Bits mask = width >= int(sizeof(Bits) * 8) ? Bits(~Bits(0)) : Bits((Bits(1) << width) - 1);
-    auto sort_key = [&](int i) { return Bits(Bits(keys_in[i]) >> begin_bit) & mask; };
-    std::vector<int> order(count);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sort_key(a) < sort_key(b); });
-    for (int i = 0; i < count; ++i) {
-      keys_out[i] = keys_in[order[i]];
-      values_out[i] = values_in[order[i]];
-    }
+    segdeploy::emulation::enqueue(stream, [=] {
+      using Bits = std::make_unsigned_t<Key>;
+      const int width = end_bit - begin_bit;
+      const Bits mask = width >= int(sizeof(Bits) * 8) ? Bits(~Bits(0)) : Bits((Bits(1) << width) - 1);
+      auto sort_key = [&](int i) { return Bits(Bits(keys_in[i]) >> begin_bit) & mask; };
+      std::vector<int> order(count);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sort_key(a) < sort_key(b); });
+      for (int i = 0; i < count; ++i) {
+        keys_out[i] = keys_in[order[i]];
+        values_out[i] = values_in[order[i]];
+      }
+    });
     return cudaSuccess;
   }
 };
