@@ -150,13 +150,14 @@ def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray, profil
     for label, iterations in (("one_iteration", 1), ("full", PARAMS.iterations)):
         params = CRFParams(**{**PARAMS.__dict__, "iterations": iterations})
         for _ in range(3):
-            timed(params)  # warm-up
+            timed(params)  # warm-up; from the second call on, the library replays a CUDA graph
         times = [timed(params) for _ in range(repeats)]
         result[f"{label}_ms"] = times
         result[f"{label}_median_ms"] = statistics.median(times)
     result["per_iteration_ms"] = (result["full_median_ms"] - result["one_iteration_median_ms"]) / (PARAMS.iterations - 1)
     if profile:
-        print(f"CUDA phases of one call ({PARAMS.iterations} iterations), summed over iterations:", flush=True)
+        print(f"CUDA phases of one call ({PARAMS.iterations} iterations, launched one by one: profiling "
+              "turns graph replay off), summed over iterations:", flush=True)
         os.environ["SD_CRF_PROFILE"] = "1"  # read by the library at each call
         try:
             timed(PARAMS)
@@ -206,7 +207,8 @@ def main(argv=None) -> int:
         report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities, args.gpu_profile)
         print(f"CUDA: {gpu['full_median_ms']:.3f} ms median for {PARAMS.iterations} iterations "
               f"(1 iteration {gpu['one_iteration_median_ms']:.3f} ms, {gpu['per_iteration_ms']:.3f} ms per further "
-              f"iteration; workspace {gpu['workspace_mib']:.0f} MiB); vs CPU: labels {gpu['label_agreement']:.5f}, "
+              f"iteration; workspace {gpu['workspace_mib']:.0f} MiB; replayed from a CUDA graph); vs CPU: labels "
+              f"{gpu['label_agreement']:.5f}, "
               f"mean |dQ| {gpu['mean_abs_dq']:.2e}")
     else:
         print(f"CUDA: no device (kernels built with CUDA: {kernels.built_with_cuda()}); not timed")
