@@ -94,3 +94,21 @@ def test_crf_benchmark_times_and_profiles_the_cuda_kernels(emulated_library, tmp
     cuda = json.loads(report.read_text())["cuda"]
     assert cuda["full_median_ms"] > cuda["one_iteration_median_ms"] > 0
     assert cuda["label_agreement"] >= 0.999 and cuda["mean_abs_dq"] <= 1e-3
+
+
+def test_gpu_ab_compares_builds(emulated_library, tmp_path):
+    """benchmarks/crf_gpu_ab.py, as a GPU session would run it on two builds (here one build twice)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    np.save(tmp_path / "photo.npy", np.ascontiguousarray(skimage_data.astronaut()[96:120, 200:224]))
+    second = tmp_path / "change" / emulated_library.name
+    second.parent.mkdir()
+    shutil.copy(emulated_library, second)
+    result = run_python(emulated_library, "benchmarks/crf_gpu_ab.py", str(emulated_library), str(second),
+                        "--rounds", "1", "--repeats", "1", "--image", str(tmp_path / "photo.npy"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path)) or line.startswith("/")]
+    assert len(rows) == 2 and rows[0].endswith("1.00x"), result.stdout
+    assert float(rows[1].split()[4]) >= 0.999  # labels against the CPU
+
+    missing = run_python(emulated_library, "benchmarks/crf_gpu_ab.py", str(tmp_path / "nowhere.so"))
+    assert missing.returncode == 2 and "no such library" in missing.stderr
