@@ -39,6 +39,10 @@ constexpr int64_t kMaxBlocks = 8192;  // grid-stride loops cover the rest
 constexpr int32_t kPartEntries = 64;
 constexpr unsigned long long kNoBadValue = ULLONG_MAX;
 
+// Class rows of the lattice hold an even number of halves (a zero pads odd class counts), so
+// that the blur moves them in pairs.
+SD_HOST_DEVICE int32_t row_width(int32_t classes) { return (classes + 1) / 2 * 2; }
+
 int blocks_for(int64_t items) { return int(std::max<int64_t>(1, std::min((items + kThreads - 1) / kThreads, kMaxBlocks))); }
 
 // Indices fit in int32: sd_crf_cuda checks that (entries + 1) * classes does.
@@ -66,9 +70,9 @@ struct DeviceLattice {
   // Class rows of the lattice in float16: the blur is bound by memory traffic, and half-size
   // rows keep the bilateral lattice of a 512x512 image (~10 MiB per buffer) in an H100's L2.
   // The arithmetic is float32; the row sums of the normalisation stay float32 throughout.
-  __half* values;           // [(entries + 1) * classes]; row M stays zero ("no neighbour")
+  __half* values;           // [(entries + 1) * row_width]; row M stays zero ("no neighbour")
   __half* scratch;          // same size: the blur ping-pongs between the two
-  float* partial;           // [(entries + 1) * classes]: partial sums of heavy vertices' parts
+  float* partial;           // [(entries + 1) * row_width]: partial sums of heavy vertices' parts
   float* row_values;        // [entries + 1]: the row sums' splat and blur (float32)
   float* row_scratch;       // [entries + 1]
   float* pre;               // [pixels]
@@ -127,9 +131,9 @@ void carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattic
   out.splat_weight = carver.take<float>(entries);
   out.splat_pixel = carver.take<int32_t>(entries);
   out.slice_weight = carver.take<float>(entries);
-  out.values = carver.take<__half>((entries + 1) * classes);
-  out.scratch = carver.take<__half>((entries + 1) * classes);
-  out.partial = carver.take<float>((entries + 1) * classes);
+  out.values = carver.take<__half>((entries + 1) * row_width(classes));
+  out.scratch = carver.take<__half>((entries + 1) * row_width(classes));
+  out.partial = carver.take<float>((entries + 1) * row_width(classes));
   out.row_values = carver.take<float>(entries + 1);
   out.row_scratch = carver.take<float>(entries + 1);
   out.pre = carver.take<float>(pixels);
@@ -189,7 +193,7 @@ Error check_size(int32_t classes, int32_t height, int32_t width) {
     return invalid("classes, height and width must all be >= 1, got classes=", classes, " height=", height,
                    " width=", width);
   const int64_t rows = int64_t(height) * width * (kBilateralDims + 1) + 1;
-  if (rows * classes > INT32_MAX)
+  if (rows * row_width(classes) > INT32_MAX)
     return invalid("an image of ", height, "x", width, " pixels with ", classes,
                    " classes is too large for the CUDA dense CRF (at most ", INT32_MAX,
                    " = pixels x 6 x classes); run it on the CPU or in tiles");
@@ -303,8 +307,6 @@ __global__ void fill_kernel(float* values, int32_t count, float value) {
   SD_GRID_STRIDE(i, count) values[i] = value;
 }
 
-__device__ __forceinline__ float load_value(const float* p) { return *p; }
-__device__ __forceinline__ float load_value(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_value(__half* p, float v) { *p = __float2half_rn(v); }
 
@@ -331,7 +333,7 @@ struct Parts {
 template <typename T>
 __global__ void part_splat_kernel(Parts parts, const int32_t* __restrict__ segment_start,
                                   const float* __restrict__ splat_weight, const int32_t* __restrict__ splat_pixel,
-                                  const float* __restrict__ q, int32_t width, T* __restrict__ values,
+                                  const float* __restrict__ q, int32_t q_width, int32_t width, T* __restrict__ values,
                                   float* __restrict__ partial) {
   const int32_t total = *parts.total;
   SD_GRID_STRIDE(i, total * width) {
@@ -340,8 +342,9 @@ __global__ void part_splat_kernel(Parts parts, const int32_t* __restrict__ segme
     const int32_t first_part = parts.start[v];
     const int32_t begin = segment_start[v] + (part - first_part) * kPartEntries;
     const int32_t end = min(segment_start[v + 1], begin + kPartEntries);
-    float sum = 0.0f;
-    for (int32_t k = begin; k < end; ++k) sum += splat_weight[k] * q[int64_t(splat_pixel[k]) * width + c];
+    float sum = 0.0f;  // stays zero in the padding of a row
+    if (c < q_width)
+      for (int32_t k = begin; k < end; ++k) sum += splat_weight[k] * q[int64_t(splat_pixel[k]) * q_width + c];
     if (parts.start[v + 1] - first_part == 1) store_value(values + int64_t(v) * width + c, sum);
     else partial[int64_t(part) * width + c] = sum;
   }
@@ -359,6 +362,14 @@ __global__ void heavy_splat_kernel(Parts parts, const float* __restrict__ partia
   }
 }
 
+// One blur step of a value from its neighbours', in float32 whatever the storage.
+__device__ __forceinline__ float blend(float self, float lower, float upper) { return self + 0.5f * (lower + upper); }
+__device__ __forceinline__ __half2 blend(__half2 self, __half2 lower, __half2 upper) {
+  const float2 s = __half22float2(self), l = __half22float2(lower), u = __half22float2(upper);
+  return __floats2half2_rn(blend(s.x, l.x, u.x), blend(s.y, l.y, u.y));
+}
+
+// Rows of `width` items: floats (the row sums), or pairs of float16 class values.
 template <typename T>
 __global__ void blur_kernel(const int32_t* __restrict__ vertex_count, const int32_t* __restrict__ neighbors,
                             const T* __restrict__ source, int32_t width, T* __restrict__ target) {
@@ -366,8 +377,7 @@ __global__ void blur_kernel(const int32_t* __restrict__ vertex_count, const int3
   SD_GRID_STRIDE(i, vertices * width) {
     const int32_t v = i / width, c = i % width;
     const int2 around = reinterpret_cast<const int2*>(neighbors)[v];
-    store_value(target + i, load_value(source + i) + 0.5f * (load_value(source + around.x * width + c) +
-                                                             load_value(source + around.y * width + c)));
+    target[i] = blend(source[i], source[around.x * width + c], source[around.y * width + c]);
   }
 }
 
@@ -401,7 +411,7 @@ template <int D>
 struct SliceSource {
   const int32_t* entry_vertex = nullptr;  // null: the kernel is off
   const float* slice_weight = nullptr;
-  const __half* blurred = nullptr;
+  const __half* blurred = nullptr;  // rows of row_width(classes)
 };
 
 struct Outputs {
@@ -427,7 +437,7 @@ __device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t
   for (int r = 0; r <= D; ++r) {
     const int32_t entry = pixel * (D + 1) + r;
     const float w = source.slice_weight[entry];
-    const __half* row = source.blurred + int64_t(source.entry_vertex[entry]) * classes;
+    const __half* row = source.blurred + int64_t(source.entry_vertex[entry]) * row_width(classes);
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int c = lane + 32 * k;
@@ -676,9 +686,9 @@ class CudaCrf {
     SD_LAUNCH(fill_kernel, blocks_for(pixels_), lattice.pre, pixels_, 1.0f);
     // Row M, the absent neighbour, is never written by a splat or a blur: zeroed once per lattice.
     SD_LAUNCH(zero_sentinel_kernel<float>, 1, L.vertex_count, lattice.row_values, lattice.row_scratch, 1);
-    SD_LAUNCH(zero_sentinel_kernel<__half>, 1, L.vertex_count, lattice.values, lattice.scratch, io_.classes);
+    SD_LAUNCH(zero_sentinel_kernel<__half>, 1, L.vertex_count, lattice.values, lattice.scratch, row_width(io_.classes));
     const float* row_sum = nullptr;
-    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, lattice.row_values));
+    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, 1, lattice.row_values));
     SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum));
     SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), L, row_sum, p_.normalization, lattice.pre, lattice.post);
     SD_LAUNCH(weights_kernel<D>, blocks_for(entries), L, lattice.pre, lattice.post, potts_weight,
@@ -686,9 +696,9 @@ class CudaCrf {
     return profile_.mark(name + " build: parts, normalisation");
   }
 
-  // Splats rows of `width` floats (q) into `values`.
+  // Splats rows of `q_width` floats (q) into rows of `width` values (zero beyond q_width).
   template <int D, typename T>
-  Error splat(DeviceLattice<D>& lattice, const float* q, int32_t width, T* values) {
+  Error splat(DeviceLattice<D>& lattice, const float* q, int32_t q_width, int32_t width, T* values) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
     // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
@@ -696,12 +706,13 @@ class CudaCrf {
     const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
                       lattice.heavy_count};
     SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), parts, L.segment_start, lattice.splat_weight,
-              lattice.splat_pixel, q, width, values, lattice.partial);
+              lattice.splat_pixel, q, q_width, width, values, lattice.partial);
     SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), parts, lattice.partial, width, values);
     return {};
   }
 
-  // Blurs `values` along every axis, ping-ponging with `scratch`; *result is the buffer holding the result.
+  // Blurs rows of `width` items along every axis, ping-ponging between `values` and `scratch`;
+  // *result is the buffer holding the result.
   template <int D, typename T>
   Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result) {
     const LatticeArrays<D>& L = lattice.arrays;
@@ -722,9 +733,13 @@ class CudaCrf {
     source.entry_vertex = lattice.arrays.entry_vertex;
     source.slice_weight = lattice.slice_weight;
     const std::string name = lattice_name<D>();
-    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, lattice.values));
+    const int32_t width = row_width(io_.classes);
+    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, width, lattice.values));
     SD_RETURN_IF_ERROR(profile_.mark(name + " splat"));
-    SD_RETURN_IF_ERROR(blur(lattice, io_.classes, lattice.values, lattice.scratch, &source.blurred));
+    const __half2* blurred = nullptr;
+    SD_RETURN_IF_ERROR(blur(lattice, width / 2, reinterpret_cast<__half2*>(lattice.values),
+                            reinterpret_cast<__half2*>(lattice.scratch), &blurred));
+    source.blurred = reinterpret_cast<const __half*>(blurred);
     return profile_.mark(name + " blur");
   }
 
