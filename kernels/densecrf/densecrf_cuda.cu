@@ -265,9 +265,17 @@ __global__ void relabel_kernel(LatticeArrays<D> L) {
 }
 
 template <int D>
+__global__ void no_lower_neighbors_kernel(LatticeArrays<D> L) {
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(v, vertices) {
+    for (int axis = 0; axis <= D; ++axis) L.neighbors[(int64_t(axis) * L.neighbor_stride + v) * 2] = vertices;
+  }
+}
+
+template <int D>
 __global__ void neighbors_kernel(LatticeArrays<D> L) {
   const int32_t vertices = *L.vertex_count;
-  SD_GRID_STRIDE(v, vertices) find_neighbors<D>(L, v, vertices);
+  SD_GRID_STRIDE(v, vertices) link_neighbors<D>(L, v, vertices);
 }
 
 // Splits every vertex's segment into parts of at most kPartEntries entries; lists the heavy ones.
@@ -671,6 +679,7 @@ class CudaCrf {
         cub::DeviceRadixSort::SortPairs(w_.temp, sort_bytes, L.entry_vertex, lattice.sorted_vertex,
                                         lattice.entry_index, L.segment_entry, entries, 0, vertex_bits(entries), stream_),
         "cub::DeviceRadixSort::SortPairs"));
+    SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), L);
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), L);
     SD_RETURN_IF_ERROR(profile_.mark(name + " build: sort, neighbours"));
 

@@ -226,16 +226,21 @@ SD_HOST_DEVICE void look_up_neighbors(const LatticeArrays<D>& L, int32_t vertex,
   for (int i = 0; i < kCount; ++i) found[i] = find_vertex<D>(L, around[i], hash[i], vertex_count);
 }
 
-// Step 6 (per vertex): its two neighbours along each of the D+1 axes, which the blur reads, or M
-// where absent.
+// Step 6 (per vertex, once every lower neighbour reads M): its upper neighbour along each of the
+// D+1 axes, and itself as that neighbour's lower one. A vertex is the lower neighbour of at most
+// one vertex per axis, so half the lookups give both neighbours, which the blur reads, or M where
+// absent.
 template <int D>
-SD_HOST_DEVICE void find_neighbors(const LatticeArrays<D>& L, int32_t vertex, int32_t vertex_count) {
-  constexpr int kLookups = 2 * (D + 1);
-  LatticeStep steps[kLookups];
-  for (int i = 0; i < kLookups; ++i) steps[i] = {i / 2, i % 2 == 0 ? -1 : 1};
-  int32_t found[kLookups];
-  look_up_neighbors<D>(L, vertex, vertex_count, steps, found);
-  for (int i = 0; i < kLookups; ++i) L.neighbors[(int64_t(i / 2) * L.neighbor_stride + vertex) * 2 + i % 2] = found[i];
+SD_HOST_DEVICE void link_neighbors(const LatticeArrays<D>& L, int32_t vertex, int32_t vertex_count) {
+  LatticeStep steps[D + 1];
+  for (int axis = 0; axis <= D; ++axis) steps[axis] = {axis, 1};
+  int32_t upper[D + 1];
+  look_up_neighbors<D>(L, vertex, vertex_count, steps, upper);
+  for (int axis = 0; axis <= D; ++axis) {
+    int32_t* along_axis = L.neighbors + int64_t(axis) * L.neighbor_stride * 2;
+    along_axis[int64_t(vertex) * 2 + 1] = upper[axis];
+    if (upper[axis] != vertex_count) along_axis[int64_t(upper[axis]) * 2] = vertex;
+  }
 }
 
 }  // namespace segdeploy::densecrf
