@@ -527,12 +527,13 @@ class PhaseProfile {
     for (const Mark& mark : marks_) cudaEventDestroy(mark.event);
   }
 
-  // Records the end of `phase` (the first mark, "start", opens the call).
-  Error mark(std::string phase) {
+  // Records the end of phase `subject` + `step` (the first mark, "start", opens the call); the
+  // name is only composed when profiling.
+  Error mark(const char* subject, const char* step = "") {
     if (!on_) return {};
     cudaEvent_t event;
     SD_RETURN_IF_ERROR(cuda_error(cudaEventCreate(&event), "cudaEventCreate"));
-    marks_.push_back({std::move(phase), event});
+    marks_.push_back({std::string(subject) + step, event});
     return cuda_error(cudaEventRecord(event, stream_), "cudaEventRecord");
   }
 
@@ -659,9 +660,9 @@ class CudaCrf {
   Error prepare_lattice(DeviceLattice<D>& lattice, const ImageView& image, float potts_weight) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int32_t entries = L.entries, slots = int32_t(L.table_mask) + 1;
-    const std::string name = lattice_name<D>();
+    const char* name = lattice_name<D>();
     SD_LAUNCH(embed_kernel<D>, blocks_for(pixels_), L, LatticeScale<D>(), image, p_);
-    SD_RETURN_IF_ERROR(profile_.mark(name + " build: embed"));
+    SD_RETURN_IF_ERROR(profile_.mark(name, " build: embed"));
     SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot)));
     SD_LAUNCH(insert_kernel<D>, blocks_for(entries), L);
     SD_RETURN_IF_ERROR(memset(lattice.owner_flag + entries, 0, sizeof(int32_t)));
@@ -671,7 +672,7 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(memset(L.vertex_size, 0, (size_t(entries) + 1) * sizeof(int32_t)));
     SD_LAUNCH(assign_kernel<D>, blocks_for(entries), L);
     SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), L);
-    SD_RETURN_IF_ERROR(profile_.mark(name + " build: hash, number"));
+    SD_RETURN_IF_ERROR(profile_.mark(name, " build: hash, number"));
     SD_RETURN_IF_ERROR(scan(L.vertex_size, L.segment_start, entries + 1));
     // Entries grouped by vertex, in entry order within a vertex: a stable sort by vertex.
     size_t sort_bytes = w_.temp_bytes;
@@ -681,7 +682,7 @@ class CudaCrf {
         "cub::DeviceRadixSort::SortPairs"));
     SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), L);
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), L);
-    SD_RETURN_IF_ERROR(profile_.mark(name + " build: sort, neighbours"));
+    SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours"));
 
     SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t)));
     SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t)));
@@ -702,7 +703,7 @@ class CudaCrf {
     SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), L, row_sum, p_.normalization, lattice.pre, lattice.post);
     SD_LAUNCH(weights_kernel<D>, blocks_for(entries), L, lattice.pre, lattice.post, potts_weight,
               lattice.splat_weight, lattice.splat_pixel, lattice.slice_weight);
-    return profile_.mark(name + " build: parts, normalisation");
+    return profile_.mark(name, " build: parts, normalisation");
   }
 
   // Splats rows of `q_width` floats (q) into rows of `width` values (zero beyond q_width).
@@ -741,15 +742,15 @@ class CudaCrf {
   Error filter(DeviceLattice<D>& lattice, SliceSource<D>& source) {
     source.entry_vertex = lattice.arrays.entry_vertex;
     source.slice_weight = lattice.slice_weight;
-    const std::string name = lattice_name<D>();
+    const char* name = lattice_name<D>();
     const int32_t width = row_width(io_.classes);
     SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, width, lattice.values));
-    SD_RETURN_IF_ERROR(profile_.mark(name + " splat"));
+    SD_RETURN_IF_ERROR(profile_.mark(name, " splat"));
     const __half2* blurred = nullptr;
     SD_RETURN_IF_ERROR(blur(lattice, width / 2, reinterpret_cast<__half2*>(lattice.values),
                             reinterpret_cast<__half2*>(lattice.scratch), &blurred));
     source.blurred = reinterpret_cast<const __half*>(blurred);
-    return profile_.mark(name + " blur");
+    return profile_.mark(name, " blur");
   }
 
   Error slice_softmax(const SliceSource<kSpatialDims>& spatial, const SliceSource<kBilateralDims>& bilateral,
