@@ -1,4 +1,5 @@
-// CUDA driver of the dense CRF. Everything is enqueued on the caller's stream; the lattice size
+// CUDA driver of the dense CRF. Everything is enqueued on the caller's stream, or on a side
+// stream forked from it and joined back (the spatial lattice's work, see CudaCrf); the lattice size
 // is known on the device only, so kernels that run over vertices read it there and loop over a
 // grid sized for the worst case. The host never waits, except once before the iterations when
 // the caller asks for the unary to be checked for NaN/inf.
@@ -77,6 +78,8 @@ struct DeviceLattice {
   float* row_scratch;       // [entries + 1]
   float* pre;               // [pixels]
   float* post;              // [pixels]
+  void* temp;               // CUB's scratch for the scans and the sort (each lattice its own: the
+  size_t temp_bytes;        // two lattices are built concurrently)
 };
 
 // Carves the workspace; with a null base it only measures.
@@ -98,8 +101,30 @@ class Carver {
   size_t offset_ = 0;
 };
 
+// Bits of the largest vertex id, for the radix sort.
+int vertex_bits(int64_t entries) {
+  int bits = 1;
+  while ((int64_t(1) << bits) < entries) ++bits;
+  return bits;
+}
+
+// Bytes of CUB scratch for a lattice's scans (entries + 1 items) and its sort (entries pairs).
+Error cub_scratch_bytes(int64_t entries, size_t& bytes) {
+  size_t scan_bytes = 0, sort_bytes = 0;
+  SD_RETURN_IF_ERROR(cuda_error(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int32_t*>(nullptr),
+                                                              static_cast<int32_t*>(nullptr), int(entries + 1)),
+                                "cub::DeviceScan::ExclusiveSum (size query)"));
+  SD_RETURN_IF_ERROR(cuda_error(
+      cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<int32_t*>(nullptr),
+                                      static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                      static_cast<int32_t*>(nullptr), int(entries), 0, vertex_bits(entries)),
+      "cub::DeviceRadixSort::SortPairs (size query)"));
+  bytes = std::max(scan_bytes, sort_bytes);
+  return {};
+}
+
 template <int D>
-void carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattice<D>& out) {
+Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattice<D>& out) {
   const int64_t entries = int64_t(pixels) * (D + 1);
   const uint32_t table_size = table_size_for(entries);
   LatticeArrays<D>& L = out.arrays;
@@ -138,21 +163,15 @@ void carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattic
   out.row_scratch = carver.take<float>(entries + 1);
   out.pre = carver.take<float>(pixels);
   out.post = carver.take<float>(pixels);
-}
-
-// Bits of the largest vertex id, for the radix sort.
-int vertex_bits(int64_t entries) {
-  int bits = 1;
-  while ((int64_t(1) << bits) < entries) ++bits;
-  return bits;
+  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, out.temp_bytes));
+  out.temp = carver.take<char>(int64_t(out.temp_bytes));
+  return {};
 }
 
 struct Layout {
   float* log_prob;  // [pixels][classes]
   float* q;         // [pixels][classes]
   unsigned long long* first_bad;
-  void* temp;  // CUB's scratch for the scans and the sort
-  size_t temp_bytes = 0;
   DeviceLattice<kSpatialDims> spatial;
   DeviceLattice<kBilateralDims> bilateral;
   size_t bytes = 0;
@@ -165,23 +184,11 @@ struct Layout {
     }
     Carver carver(base);
     const int32_t pixels = height * width;
-    const int64_t entries = int64_t(pixels) * (kBilateralDims + 1);
-    size_t scan_bytes = 0, sort_bytes = 0;
-    SD_RETURN_IF_ERROR(cuda_error(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int32_t*>(nullptr),
-                                                                static_cast<int32_t*>(nullptr), int(entries + 1)),
-                                  "cub::DeviceScan::ExclusiveSum (size query)"));
-    SD_RETURN_IF_ERROR(cuda_error(
-        cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<int32_t*>(nullptr),
-                                        static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-                                        static_cast<int32_t*>(nullptr), int(entries), 0, vertex_bits(entries)),
-        "cub::DeviceRadixSort::SortPairs (size query)"));
-    temp_bytes = std::max(scan_bytes, sort_bytes);
     log_prob = carver.take<float>(int64_t(pixels) * classes);
     q = carver.take<float>(int64_t(pixels) * classes);
     first_bad = carver.take<unsigned long long>(1);
-    temp = carver.take<char>(int64_t(temp_bytes));
-    carve_lattice(carver, pixels, classes, spatial);
-    carve_lattice(carver, pixels, classes, bilateral);
+    SD_RETURN_IF_ERROR(carve_lattice(carver, pixels, classes, spatial));
+    SD_RETURN_IF_ERROR(carve_lattice(carver, pixels, classes, bilateral));
     bytes = carver.size();
     return {};
   }
@@ -574,25 +581,63 @@ const char* lattice_name() {
 }
 
 #ifdef SD_CUDA_EMULATION
-#define SD_KERNEL_CALL(kernel, grid, ...) segdeploy::emulation::launch(stream_, (grid), kThreads, kernel, __VA_ARGS__)
+#define SD_KERNEL_CALL(kernel, grid, stream, ...) \
+  segdeploy::emulation::launch((stream), (grid), kThreads, kernel, __VA_ARGS__)
 #else
-#define SD_KERNEL_CALL(kernel, grid, ...) kernel<<<(grid), kThreads, 0, stream_>>>(__VA_ARGS__)
+#define SD_KERNEL_CALL(kernel, grid, stream, ...) kernel<<<(grid), kThreads, 0, (stream)>>>(__VA_ARGS__)
 #endif
-#define SD_LAUNCH(kernel, grid, ...)              \
-  do {                                            \
-    SD_KERNEL_CALL(kernel, grid, __VA_ARGS__);    \
-    SD_RETURN_IF_ERROR(launched(#kernel));        \
+#define SD_LAUNCH(kernel, grid, stream, ...)              \
+  do {                                                    \
+    SD_KERNEL_CALL(kernel, grid, stream, __VA_ARGS__);    \
+    SD_RETURN_IF_ERROR(launched(#kernel));                \
   } while (0)
 
+// A second stream and two events, one set per host thread and device (a stream serves one graph
+// capture at a time), created outside any capture and released when the thread ends.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr;  // the caller's stream hands over to the side stream
+  cudaEvent_t join = nullptr;  // and back
+
+  SideStream() = default;
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  ~SideStream() {  // errors ignored: at process exit CUDA may be unloading
+    if (fork != nullptr) cudaEventDestroy(fork);
+    if (join != nullptr) cudaEventDestroy(join);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
+Error side_stream(int device, const SideStream** out) {
+  thread_local std::map<int, SideStream> per_device;
+  SideStream& side = per_device[device];
+  if (side.fork == nullptr)
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming), "cudaEventCreate"));
+  if (side.join == nullptr)
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming), "cudaEventCreate"));
+  if (side.stream == nullptr)
+    SD_RETURN_IF_ERROR(
+        cuda_error(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"));
+  *out = &side;
+  return {};
+}
+
+// The spatial lattice's work (its build, then its filter in each iteration) needs nothing of the
+// bilateral lattice's, so with a side stream it runs there, beside the bilateral work on the
+// caller's stream: each iteration forks after the softmax that makes q and joins before the
+// slice that reads both filters (in a captured graph, two parallel branches). Without one,
+// everything runs on the caller's stream in the same order.
 class CudaCrf {
  public:
-  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, cudaStream_t stream)
-      : p_(params), io_(io), w_(layout), stream_(stream), pixels_(int32_t(pixel_count(io))) {}
+  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, cudaStream_t stream,
+          const SideStream* side = nullptr)
+      : p_(params), io_(io), w_(layout), stream_(stream), side_(side), pixels_(int32_t(pixel_count(io))) {}
 
   Error check_unary_on_host() {
-    SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long)));
+    SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long), stream_));
     const int64_t count = int64_t(io_.batch) * io_.classes * pixels_;
-    SD_LAUNCH(find_bad_unary_kernel, blocks_for(count), io_.unary, io_.unary_dtype, io_.unary_kind, count,
+    SD_LAUNCH(find_bad_unary_kernel, blocks_for(count), stream_, io_.unary, io_.unary_dtype, io_.unary_kind, count,
               w_.first_bad);
     unsigned long long first_bad = kNoBadValue;
     SD_RETURN_IF_ERROR(cuda_error(
@@ -616,18 +661,22 @@ class CudaCrf {
  private:
   Error run_images() {
     const bool spatial = spatial_active(p_), bilateral = bilateral_active(p_);
-    if (spatial)
-      SD_RETURN_IF_ERROR(
-          prepare_lattice(w_.spatial, ImageView{nullptr, io_.image_layout, io_.height, io_.width}, p_.spatial_weight));
+    const bool forked = spatial && bilateral && side_ != nullptr;
+    const cudaStream_t side = forked ? side_->stream : stream_;
+    if (spatial) {
+      SD_RETURN_IF_ERROR(hand_over(forked, stream_, side));  // after the caller's earlier work
+      SD_RETURN_IF_ERROR(prepare_lattice(w_.spatial, ImageView{nullptr, io_.image_layout, io_.height, io_.width},
+                                         p_.spatial_weight, side));
+    }
     for (int32_t image = 0; image < io_.batch; ++image) {
       const int64_t image_values = int64_t(io_.classes) * pixels_;
-      SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long)));
-      SD_LAUNCH(load_log_prob_kernel, blocks_for(image_values), io_.unary, io_.unary_dtype, io_.unary_kind,
+      SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long), stream_));
+      SD_LAUNCH(load_log_prob_kernel, blocks_for(image_values), stream_, io_.unary, io_.unary_dtype, io_.unary_kind,
                 image * image_values, io_.classes, pixels_, w_.log_prob, w_.first_bad);
       SD_RETURN_IF_ERROR(profile_.mark("unary load"));
       if (bilateral) {
         const ImageView view{io_.image + int64_t(image) * pixels_ * 3, io_.image_layout, io_.height, io_.width};
-        SD_RETURN_IF_ERROR(prepare_lattice(w_.bilateral, view, p_.bilateral_weight));
+        SD_RETURN_IF_ERROR(prepare_lattice(w_.bilateral, view, p_.bilateral_weight, stream_));
       }
       Outputs outputs;
       outputs.probabilities = io_.probabilities ? io_.probabilities + image * image_values : nullptr;
@@ -637,101 +686,118 @@ class CudaCrf {
       for (int32_t iteration = 0; iteration < p_.iterations; ++iteration) {
         SliceSource<kSpatialDims> spatial_source;
         SliceSource<kBilateralDims> bilateral_source;
-        if (spatial) SD_RETURN_IF_ERROR(filter(w_.spatial, spatial_source));
-        if (bilateral) SD_RETURN_IF_ERROR(filter(w_.bilateral, bilateral_source));
+        if (spatial) {
+          SD_RETURN_IF_ERROR(hand_over(forked, stream_, side));  // q is ready
+          SD_RETURN_IF_ERROR(filter(w_.spatial, spatial_source, side));
+        }
+        if (bilateral) SD_RETURN_IF_ERROR(filter(w_.bilateral, bilateral_source, stream_));
+        SD_RETURN_IF_ERROR(hand_over(forked, side, stream_));  // both filters are done
         SD_RETURN_IF_ERROR(
             slice_softmax(spatial_source, bilateral_source, iteration + 1 == p_.iterations ? outputs : Outputs{}));
       }
     }
-    return {};
+    return hand_over(forked, side, stream_);  // the caller's later work waits for the side stream
   }
 
-  Error memset(void* pointer, int value, size_t bytes) {
-    return cuda_error(cudaMemsetAsync(pointer, value, bytes, stream_), "cudaMemsetAsync");
+  // Makes `to`'s later work wait for `from`'s work so far (nothing unless forked).
+  Error hand_over(bool forked, cudaStream_t from, cudaStream_t to) {
+    if (!forked) return {};
+    const cudaEvent_t event = from == stream_ ? side_->fork : side_->join;
+    SD_RETURN_IF_ERROR(cuda_error(cudaEventRecord(event, from), "cudaEventRecord"));
+    return cuda_error(cudaStreamWaitEvent(to, event, 0), "cudaStreamWaitEvent");
   }
 
-  Error scan(const int32_t* in, int32_t* out, int32_t items) {
-    size_t bytes = w_.temp_bytes;
-    return cuda_error(cub::DeviceScan::ExclusiveSum(w_.temp, bytes, in, out, items, stream_), "cub::DeviceScan");
+  static Error memset(void* pointer, int value, size_t bytes, cudaStream_t stream) {
+    return cuda_error(cudaMemsetAsync(pointer, value, bytes, stream), "cudaMemsetAsync");
+  }
+
+  template <int D>
+  static Error scan(DeviceLattice<D>& lattice, const int32_t* in, int32_t* out, int32_t items, cudaStream_t stream) {
+    size_t bytes = lattice.temp_bytes;
+    return cuda_error(cub::DeviceScan::ExclusiveSum(lattice.temp, bytes, in, out, items, stream), "cub::DeviceScan");
   }
 
   // Builds the lattice of the kernel and its weights (the steps of lattice_build.h).
   template <int D>
-  Error prepare_lattice(DeviceLattice<D>& lattice, const ImageView& image, float potts_weight) {
+  Error prepare_lattice(DeviceLattice<D>& lattice, const ImageView& image, float potts_weight, cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int32_t entries = L.entries, slots = int32_t(L.table_mask) + 1;
     const char* name = lattice_name<D>();
-    SD_LAUNCH(embed_kernel<D>, blocks_for(pixels_), L, LatticeScale<D>(), image, p_);
+    SD_LAUNCH(embed_kernel<D>, blocks_for(pixels_), stream, L, LatticeScale<D>(), image, p_);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: embed"));
-    SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot)));
-    SD_LAUNCH(insert_kernel<D>, blocks_for(entries), L);
-    SD_RETURN_IF_ERROR(memset(lattice.owner_flag + entries, 0, sizeof(int32_t)));
-    SD_LAUNCH(owner_flag_kernel<D>, blocks_for(entries), L, lattice.owner_flag, lattice.entry_index);
-    SD_RETURN_IF_ERROR(scan(lattice.owner_flag, L.owner_rank, entries + 1));
-    SD_LAUNCH(vertex_count_kernel<D>, 1, L);
-    SD_RETURN_IF_ERROR(memset(L.vertex_size, 0, (size_t(entries) + 1) * sizeof(int32_t)));
-    SD_LAUNCH(assign_kernel<D>, blocks_for(entries), L);
-    SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), L);
+    SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot), stream));
+    SD_LAUNCH(insert_kernel<D>, blocks_for(entries), stream, L);
+    SD_RETURN_IF_ERROR(memset(lattice.owner_flag + entries, 0, sizeof(int32_t), stream));
+    SD_LAUNCH(owner_flag_kernel<D>, blocks_for(entries), stream, L, lattice.owner_flag, lattice.entry_index);
+    SD_RETURN_IF_ERROR(scan(lattice, lattice.owner_flag, L.owner_rank, entries + 1, stream));
+    SD_LAUNCH(vertex_count_kernel<D>, 1, stream, L);
+    SD_RETURN_IF_ERROR(memset(L.vertex_size, 0, (size_t(entries) + 1) * sizeof(int32_t), stream));
+    SD_LAUNCH(assign_kernel<D>, blocks_for(entries), stream, L);
+    SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), stream, L);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: hash, number"));
-    SD_RETURN_IF_ERROR(scan(L.vertex_size, L.segment_start, entries + 1));
+    SD_RETURN_IF_ERROR(scan(lattice, L.vertex_size, L.segment_start, entries + 1, stream));
     // Entries grouped by vertex, in entry order within a vertex: a stable sort by vertex.
-    size_t sort_bytes = w_.temp_bytes;
+    size_t sort_bytes = lattice.temp_bytes;
     SD_RETURN_IF_ERROR(cuda_error(
-        cub::DeviceRadixSort::SortPairs(w_.temp, sort_bytes, L.entry_vertex, lattice.sorted_vertex,
-                                        lattice.entry_index, L.segment_entry, entries, 0, vertex_bits(entries), stream_),
+        cub::DeviceRadixSort::SortPairs(lattice.temp, sort_bytes, L.entry_vertex, lattice.sorted_vertex,
+                                        lattice.entry_index, L.segment_entry, entries, 0, vertex_bits(entries), stream),
         "cub::DeviceRadixSort::SortPairs"));
-    SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), L);
-    SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), L);
+    SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), stream, L);
+    SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), stream, L);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours"));
 
-    SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t)));
-    SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t)));
-    SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), L, lattice.part_count, lattice.heavy_vertices,
+    SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t), stream));
+    SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t), stream));
+    SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), stream, L, lattice.part_count, lattice.heavy_vertices,
               lattice.heavy_count);
-    SD_RETURN_IF_ERROR(scan(lattice.part_count, lattice.part_start, entries + 1));
-    SD_LAUNCH(part_vertex_kernel<D>, blocks_for(entries), L, lattice.part_start, lattice.part_vertex,
+    SD_RETURN_IF_ERROR(scan(lattice, lattice.part_count, lattice.part_start, entries + 1, stream));
+    SD_LAUNCH(part_vertex_kernel<D>, blocks_for(entries), stream, L, lattice.part_start, lattice.part_vertex,
               lattice.part_total);
 
-    SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), L, lattice.splat_weight, lattice.splat_pixel);
-    SD_LAUNCH(fill_kernel, blocks_for(pixels_), lattice.pre, pixels_, 1.0f);
+    SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), stream, L, lattice.splat_weight, lattice.splat_pixel);
+    SD_LAUNCH(fill_kernel, blocks_for(pixels_), stream, lattice.pre, pixels_, 1.0f);
     // Row M, the absent neighbour, is never written by a splat or a blur: zeroed once per lattice.
-    SD_LAUNCH(zero_sentinel_kernel<float>, 1, L.vertex_count, lattice.row_values, lattice.row_scratch, 1);
-    SD_LAUNCH(zero_sentinel_kernel<__half>, 1, L.vertex_count, lattice.values, lattice.scratch, row_width(io_.classes));
+    SD_LAUNCH(zero_sentinel_kernel<float>, 1, stream, L.vertex_count, lattice.row_values, lattice.row_scratch, 1);
+    SD_LAUNCH(zero_sentinel_kernel<__half>, 1, stream, L.vertex_count, lattice.values, lattice.scratch,
+              row_width(io_.classes));
     const float* row_sum = nullptr;
-    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, 1, lattice.row_values));
-    SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum));
-    SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), L, row_sum, p_.normalization, lattice.pre, lattice.post);
-    SD_LAUNCH(weights_kernel<D>, blocks_for(entries), L, lattice.pre, lattice.post, potts_weight,
+    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, 1, lattice.row_values, stream));
+    SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum, stream));
+    SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), stream, L, row_sum, p_.normalization, lattice.pre,
+              lattice.post);
+    SD_LAUNCH(weights_kernel<D>, blocks_for(entries), stream, L, lattice.pre, lattice.post, potts_weight,
               lattice.splat_weight, lattice.splat_pixel, lattice.slice_weight);
     return profile_.mark(name, " build: parts, normalisation");
   }
 
   // Splats rows of `q_width` floats (q) into rows of `width` values (zero beyond q_width).
   template <int D, typename T>
-  Error splat(DeviceLattice<D>& lattice, const float* q, int32_t q_width, int32_t width, T* values) {
+  static Error splat(DeviceLattice<D>& lattice, const float* q, int32_t q_width, int32_t width, T* values,
+                     cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
     // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
     const int64_t heavy_items = (int64_t(L.entries) / (kPartEntries + 1) + 1) * width;
     const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
                       lattice.heavy_count};
-    SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), parts, L.segment_start, lattice.splat_weight,
+    SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), stream, parts, L.segment_start, lattice.splat_weight,
               lattice.splat_pixel, q, q_width, width, values, lattice.partial);
-    SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), parts, lattice.partial, width, values);
+    SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), stream, parts, lattice.partial, width, values);
     return {};
   }
 
   // Blurs rows of `width` items along every axis, ping-ponging between `values` and `scratch`;
   // *result is the buffer holding the result.
   template <int D, typename T>
-  Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result) {
+  static Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result,
+                    cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
     T* source = values;
     T* target = scratch;
     for (int axis = 0; axis <= D; ++axis) {
-      SD_LAUNCH(blur_kernel<T>, blocks_for(items), L.vertex_count, L.neighbors + int64_t(axis) * L.neighbor_stride * 2,
-                source, width, target);
+      SD_LAUNCH(blur_kernel<T>, blocks_for(items), stream, L.vertex_count,
+                L.neighbors + int64_t(axis) * L.neighbor_stride * 2, source, width, target);
       std::swap(source, target);
     }
     *result = source;
@@ -739,16 +805,16 @@ class CudaCrf {
   }
 
   template <int D>
-  Error filter(DeviceLattice<D>& lattice, SliceSource<D>& source) {
+  Error filter(DeviceLattice<D>& lattice, SliceSource<D>& source, cudaStream_t stream) {
     source.entry_vertex = lattice.arrays.entry_vertex;
     source.slice_weight = lattice.slice_weight;
     const char* name = lattice_name<D>();
     const int32_t width = row_width(io_.classes);
-    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, width, lattice.values));
+    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, width, lattice.values, stream));
     SD_RETURN_IF_ERROR(profile_.mark(name, " splat"));
     const __half2* blurred = nullptr;
     SD_RETURN_IF_ERROR(blur(lattice, width / 2, reinterpret_cast<__half2*>(lattice.values),
-                            reinterpret_cast<__half2*>(lattice.scratch), &blurred));
+                            reinterpret_cast<__half2*>(lattice.scratch), &blurred, stream));
     source.blurred = reinterpret_cast<const __half*>(blurred);
     return profile_.mark(name, " blur");
   }
@@ -757,10 +823,10 @@ class CudaCrf {
                       const Outputs& outputs) {
     const int blocks = int(std::min<int64_t>((pixels_ + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks));
     const int per_lane = (io_.classes + 31) / 32;
-    if (per_lane <= 1) SD_LAUNCH(slice_softmax_kernel<1>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    else if (per_lane <= 2) SD_LAUNCH(slice_softmax_kernel<2>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    else if (per_lane <= 4) SD_LAUNCH(slice_softmax_kernel<4>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    else SD_LAUNCH(slice_softmax_kernel<kMaxCudaClasses / 32>, blocks, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    if (per_lane <= 1) SD_LAUNCH(slice_softmax_kernel<1>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    else if (per_lane <= 2) SD_LAUNCH(slice_softmax_kernel<2>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    else if (per_lane <= 4) SD_LAUNCH(slice_softmax_kernel<4>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    else SD_LAUNCH(slice_softmax_kernel<kMaxCudaClasses / 32>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
     return profile_.mark(spatial.entry_vertex || bilateral.entry_vertex ? "slice, softmax" : "first softmax");
   }
 
@@ -768,6 +834,7 @@ class CudaCrf {
   const sd_crf_io& io_;
   Layout& w_;
   cudaStream_t stream_;
+  const SideStream* side_;
   int32_t pixels_;
   PhaseProfile profile_{stream_};
 };
@@ -915,10 +982,14 @@ extern "C" int sd_crf_cuda(const sd_crf_params* params, const sd_crf_io* io, voi
                                 layout.bytes);
     const cudaStream_t caller_stream = static_cast<cudaStream_t>(stream);
     if (check_finite) SD_RETURN_IF_ERROR(CudaCrf(*params, *io, layout, caller_stream).check_unary_on_host());
-    const auto enqueue = [&](cudaStream_t on) { return CudaCrf(*params, *io, layout, on).run(); };
-    if (!graphs_allowed(caller_stream)) return enqueue(caller_stream);
+    // While profiling, and on a stream that the caller is capturing, the kernels go on that stream
+    // alone, in order (nothing is created during the caller's capture).
+    if (!graphs_allowed(caller_stream)) return CudaCrf(*params, *io, layout, caller_stream).run();
     CallKey key{0, *params, *io, workspace, workspace_bytes};
     SD_RETURN_IF_ERROR(segdeploy::cuda_error(cudaGetDevice(&key.device), "cudaGetDevice"));
+    const SideStream* side = nullptr;
+    SD_RETURN_IF_ERROR(side_stream(key.device, &side));
+    const auto enqueue = [&](cudaStream_t on) { return CudaCrf(*params, *io, layout, on, side).run(); };
     return graph_cache().run(key, caller_stream, enqueue);
   });
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 
 thread_local uint3 threadIdx;
@@ -16,15 +17,16 @@ thread_local dim3 blockDim;
 thread_local dim3 gridDim;
 
 namespace segdeploy::emulation {
-namespace {
-
-constexpr int kWarpSize = 32;
-constexpr size_t kStackBytes = 256 * 1024;
 
 [[noreturn]] void fail(const char* what) {
   std::fprintf(stderr, "CUDA emulation: %s\n", what);
   std::abort();
 }
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kStackBytes = 256 * 1024;
 
 // One warp: its lanes run in turn, each until it reaches a shuffle or ends.
 struct Warp {
@@ -121,27 +123,102 @@ void run_grid(int blocks, int threads_per_block, const std::function<void()>& th
 
 }  // namespace segdeploy::emulation
 
-// Streams and graphs: a graph is the list of operations recorded while its stream was captured.
+// Streams run their work lazily, in an order a GPU might choose where the program leaves it open,
+// so that a missing dependency between streams shows as a wrong result. Work runs when something
+// waits for it (a synchronisation, cudaMemcpy for the legacy stream, cudaFree for all), one
+// operation at a time, always the most recently enqueued one that may run: the first of a stream
+// that is not waiting for another. So a join left out runs the consumer before the producer, and a
+// fork left out runs the forked work before what it should have waited for.
+//
+// A graph is the list of operations recorded, in the order they were enqueued, while its stream
+// was captured and on the other streams that joined the capture by waiting for an event recorded
+// in it (a fork); each of those must be waited for in turn (a join) before the capture ends, or
+// the capture fails as CUDA's does. A graph's operations replay in that recorded order.
 struct CUgraph_st {
   std::vector<std::function<void()>> operations;
+  std::vector<cudaStream_t> forked;
 };
 struct CUgraphExec_st {
   std::vector<std::function<void()>> operations;
 };
 struct CUstream_st {
+  struct Pending {
+    std::function<void()> run;  // or, when null, a wait for `source`'s first `issued` operations
+    cudaStream_t source;
+    size_t issued;
+    uint64_t order;  // when it was enqueued, over all streams
+  };
+  std::deque<Pending> pending;
+  size_t issued = 0, done = 0;  // operations enqueued and run (outside captures)
+  bool waiting = false;         // in a wait: its next operation may not run yet
   CUgraph_st* capturing = nullptr;
+  uint64_t capture_id = 0;      // which capture `capturing` is
+  size_t captured = 0;          // operations recorded in that capture
+  size_t captured_waited = 0;   // how many of them another stream of the capture waited for
+};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point recorded;
+  cudaStream_t stream = nullptr;  // where it was last recorded (legacy stream: its emulation)
+  size_t issued = 0;              // the work there that it follows
+  uint64_t capture_id = 0;        // that stream's capture then, or 0
+  size_t captured = 0;            // the operations recorded in that capture then
 };
 
+namespace {
+
+uint64_t next_order = 0;
+uint64_t next_capture_id = 1;
+CUstream_st legacy_stream;
+std::vector<cudaStream_t> streams{&legacy_stream};  // every stream, for cudaFree
+
+cudaStream_t resolve(cudaStream_t stream) { return stream != nullptr ? stream : &legacy_stream; }
+
+// Runs the most recently enqueued operation that may run; false when none may.
+bool run_one() {
+  cudaStream_t latest = nullptr;
+  for (cudaStream_t stream : streams)
+    if (!stream->waiting && !stream->pending.empty() &&
+        (latest == nullptr || stream->pending.front().order > latest->pending.front().order))
+      latest = stream;
+  if (latest == nullptr) return false;
+  CUstream_st::Pending next = std::move(latest->pending.front());
+  latest->pending.pop_front();
+  if (next.run) {
+    next.run();
+  } else {
+    latest->waiting = true;
+    while (next.source->done < next.issued)
+      if (!run_one()) segdeploy::emulation::fail("streams wait for each other");
+    latest->waiting = false;
+  }
+  ++latest->done;
+  return true;
+}
+
+void run_until(cudaStream_t stream, size_t issued) {
+  while (stream->done < issued)
+    if (!run_one()) segdeploy::emulation::fail("streams wait for each other");
+}
+
+void run_everything() {
+  while (run_one()) {
+  }
+}
+
+}  // namespace
+
 void segdeploy::emulation::enqueue(cudaStream_t stream, std::function<void()> operation) {
-  if (stream != nullptr && stream->capturing != nullptr) stream->capturing->operations.push_back(std::move(operation));
-  else operation();
+  stream = resolve(stream);
+  if (stream->capturing != nullptr) {
+    stream->capturing->operations.push_back(std::move(operation));
+    ++stream->captured;
+  } else {
+    stream->pending.push_back({std::move(operation), nullptr, 0, next_order++});
+    ++stream->issued;
+  }
 }
 
 // ---- the CUDA runtime calls of the driver and of src/cuda_runtime.cpp, on host memory -------
-
-struct CUevent_st {
-  std::chrono::steady_clock::time_point recorded;
-};
 
 extern "C" {
 
@@ -163,10 +240,12 @@ cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* pointer) {
+  run_everything();  // as CUDA's, it waits for the device
   std::free(pointer);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* destination, const void* source, size_t bytes, cudaMemcpyKind) {
+  run_until(&legacy_stream, legacy_stream.issued);  // it waits for the legacy stream only
   std::memcpy(destination, source, bytes);
   return cudaSuccess;
 }
@@ -179,7 +258,10 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  return stream != nullptr && stream->capturing != nullptr ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+  stream = resolve(stream);
+  if (stream->capturing != nullptr) return cudaErrorStreamCaptureUnsupported;
+  run_until(stream, stream->issued);
+  return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
@@ -188,12 +270,23 @@ cudaError_t cudaGetDevice(int* device) {
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   *stream = new CUstream_st{};
+  streams.push_back(*stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (stream == nullptr || stream->capturing != nullptr) return cudaErrorInvalidResourceHandle;
+  run_until(stream, stream->issued);  // CUDA finishes its work first
+  streams.erase(std::find(streams.begin(), streams.end(), stream));
+  delete stream;
   return cudaSuccess;
 }
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
   if (stream == nullptr) return cudaErrorStreamCaptureUnsupported;  // the legacy default stream
   if (stream->capturing != nullptr) return cudaErrorIllegalState;
+  run_until(stream, stream->issued);  // earlier work is not part of the capture
   stream->capturing = new CUgraph_st{};
+  stream->capture_id = next_capture_id++;
+  stream->captured = stream->captured_waited = 0;
   return cudaSuccess;
 }
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
@@ -203,15 +296,31 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   if (stream == nullptr || stream->capturing == nullptr) return cudaErrorIllegalState;
-  *graph = stream->capturing;
+  CUgraph_st* captured = stream->capturing;
+  bool joined = true;
+  for (cudaStream_t forked : captured->forked) {
+    joined = joined && forked->captured_waited == forked->captured;
+    forked->capturing = nullptr;
+  }
   stream->capturing = nullptr;
+  if (!joined) {
+    delete captured;
+    return cudaErrorStreamCaptureUnjoined;
+  }
+  *graph = captured;
   return cudaSuccess;
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* executable, cudaGraph_t graph, unsigned long long) {
   *executable = new CUgraphExec_st{graph->operations};
   return cudaSuccess;
 }
+namespace {
+int graph_launches = 0;
+}
+int sd_emulated_graph_launches(void) { return graph_launches; }
+
 cudaError_t cudaGraphLaunch(cudaGraphExec_t executable, cudaStream_t stream) {
+  ++graph_launches;
   for (const auto& operation : executable->operations) segdeploy::emulation::enqueue(stream, operation);
   return cudaSuccess;
 }
@@ -228,16 +337,51 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st{};
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
-  event->recorded = std::chrono::steady_clock::now();
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  stream = resolve(stream);
+  event->stream = stream;
+  event->capture_id = stream->capturing != nullptr ? stream->capture_id : 0;
+  event->captured = stream->captured;
+  if (stream->capturing == nullptr) segdeploy::emulation::enqueue(stream, [event] { event->recorded = std::chrono::steady_clock::now(); });
+  event->issued = stream->issued;
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  stream = resolve(stream);
+  const cudaStream_t source = event->stream;
+  if (source == nullptr) return cudaSuccess;  // never recorded
+  const bool captured = event->capture_id != 0 && source->capturing != nullptr && source->capture_id == event->capture_id;
+  const uint64_t waiting_capture = stream->capturing != nullptr ? stream->capture_id : 0;
+  if (!captured) {
+    if (waiting_capture != 0) return cudaErrorStreamCaptureIsolation;
+    stream->pending.push_back({nullptr, source, event->issued, next_order++});
+    ++stream->issued;
+    return cudaSuccess;
+  }
+  if (waiting_capture == 0) {  // a fork: the stream joins the capture
+    if (stream == &legacy_stream) return cudaErrorStreamCaptureImplicit;
+    run_until(stream, stream->issued);  // its earlier work is not part of the capture
+    stream->capturing = source->capturing;
+    stream->capture_id = source->capture_id;
+    stream->captured = stream->captured_waited = 0;
+    source->capturing->forked.push_back(stream);
+  } else if (waiting_capture != event->capture_id) {
+    return cudaErrorStreamCaptureIsolation;
+  }
+  source->captured_waited = std::max(source->captured_waited, event->captured);
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (event->stream != nullptr && event->capture_id == 0) run_until(event->stream, event->issued);
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t end) {
   *milliseconds = std::chrono::duration<float, std::milli>(end->recorded - start->recorded).count();
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  cudaEventSynchronize(event);  // its record still pending would write to it
   delete event;
   return cudaSuccess;
 }

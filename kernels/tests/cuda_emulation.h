@@ -3,9 +3,10 @@
 // a GPU (CI among them) check the kernels' logic and, under AddressSanitizer, their indexing.
 //
 // Each warp's 32 threads are coroutines that meet at every shuffle, as a warp does; the CUDA
-// runtime calls act on host memory (cuda_emulation.cpp), streams run their work at once unless
-// they are being captured into a graph, and the two CUB algorithms that the driver uses run
-// sequentially. Emulation finds wrong results and out-of-bounds accesses, not races and not speed.
+// runtime calls act on host memory (cuda_emulation.cpp); streams run their work lazily, in an
+// order that turns a missing dependency between streams into a wrong result; the two CUB
+// algorithms that the driver uses run sequentially. Emulation finds wrong results, out-of-bounds
+// accesses and missing stream dependencies, not races between threads and not speed.
 #ifndef SEGDEPLOY_CUDA_EMULATION_H
 #define SEGDEPLOY_CUDA_EMULATION_H
 
@@ -40,8 +41,8 @@ extern thread_local dim3 gridDim;
 
 namespace segdeploy::emulation {
 
-// Runs `operation` now, or records it when `stream` is being captured into a graph (what CUDA
-// does with the work enqueued on a stream, one emulated operation at a time).
+// Queues `operation` on `stream`, or records it when the stream is being captured into a graph
+// (what CUDA does with the work enqueued on a stream, one emulated operation at a time).
 void enqueue(cudaStream_t stream, std::function<void()> operation);
 
 // Runs `thread` once per thread of a grid of `blocks` x `threads_per_block` (a multiple of 32),
@@ -72,6 +73,10 @@ T shuffle_xor(T value, int lane_mask) {
 }
 
 }  // namespace segdeploy::emulation
+
+// CUDA graphs launched so far: lets the tests check that a call was replayed from a graph (a
+// failed capture falls back to running the call directly, with the same results).
+extern "C" __attribute__((visibility("default"))) int sd_emulated_graph_launches(void);
 
 inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
   return segdeploy::emulation::shuffle_xor(value, lane_mask);

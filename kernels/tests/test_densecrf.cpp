@@ -12,6 +12,10 @@
 #include "segdeploy/cuda.h"
 #include "segdeploy/densecrf.h"
 
+#ifdef SD_TEST_EMULATED_CUDA
+extern "C" int sd_emulated_graph_launches(void);  // tests/cuda_emulation.cpp
+#endif
+
 namespace {
 
 int failures = 0;
@@ -449,39 +453,93 @@ void test_cuda_matches_cpu() {
   EXPECT(run_cuda(s, p, {}, 1, 1024).status == SD_ERROR_INVALID_ARGUMENT, "small workspace");
 }
 
+// A scene's inputs and outputs in device memory, and the sd_crf_io that names them.
+struct DeviceScene {
+  DeviceBuffer unary, image, probabilities, labels;
+  sd_crf_io io;
+
+  explicit DeviceScene(const Scene& s)
+      : unary(s.unary.size() * sizeof(float), s.unary.data()),
+        image(s.image.size(), s.image.data()),
+        probabilities(s.unary.size() * sizeof(float)),
+        labels(size_t(s.pixels()) * sizeof(int32_t)),
+        io{unary.pointer, SD_DTYPE_FLOAT32, SD_CRF_UNARY_LOGITS, static_cast<const uint8_t*>(image.pointer),
+           SD_IMAGE_HWC, 1, s.classes, s.height, s.width, static_cast<float*>(probabilities.pointer),
+           static_cast<int32_t*>(labels.pointer)} {}
+
+  void upload(const Scene& s) {
+    EXPECT(sd_cuda_memcpy(unary.pointer, s.unary.data(), s.unary.size() * sizeof(float)) == SD_OK, "%s", sd_last_error());
+    EXPECT(sd_cuda_memcpy(image.pointer, s.image.data(), s.image.size()) == SD_OK, "%s", sd_last_error());
+  }
+
+  // The CPU's result for the same scene and parameters must agree with what the outputs hold.
+  void expect_matches_cpu(const char* what, const Scene& s, const sd_crf_params& p) const {
+    std::vector<float> gpu_probabilities(s.unary.size());
+    std::vector<int32_t> gpu_labels(s.pixels());
+    EXPECT(sd_cuda_memcpy(gpu_probabilities.data(), probabilities.pointer, gpu_probabilities.size() * sizeof(float)) ==
+               SD_OK, "%s", sd_last_error());
+    EXPECT(sd_cuda_memcpy(gpu_labels.data(), labels.pointer, gpu_labels.size() * sizeof(int32_t)) == SD_OK, "%s",
+           sd_last_error());
+    const Result cpu = run_cpu(s, p);
+    EXPECT(max_difference(cpu.probabilities, gpu_probabilities) < 1e-4f, "%s, CUDA vs CPU: max |dQ| %g", what,
+           max_difference(cpu.probabilities, gpu_probabilities));
+    EXPECT(error_rate(gpu_labels, cpu.labels) < 5e-3, "%s, labels differ at %.4f", what,
+           error_rate(gpu_labels, cpu.labels));
+  }
+};
+
+struct Workspace {
+  size_t bytes = 0;
+  DeviceBuffer buffer;
+  explicit Workspace(const Scene& s) : bytes(bytes_for(s)), buffer(bytes) {}
+  static size_t bytes_for(const Scene& s) {
+    size_t bytes = 0;
+    EXPECT(sd_crf_cuda_workspace_bytes(s.classes, s.height, s.width, &bytes) == SD_OK, "%s", sd_last_error());
+    return bytes;
+  }
+};
+
 // A call repeated into the same buffers is replayed from a CUDA graph: each result must follow
 // the data then in the buffers (the first call runs directly, the second is captured, the third
 // replays the graph).
 void test_cuda_repeated_calls_follow_the_data() {
   if (sd_cuda_device_count() == 0) return;  // reported by test_cuda_matches_cpu
-  const Scene first;
   const sd_crf_params p = default_params();
-  size_t workspace_bytes = 0;
-  EXPECT(sd_crf_cuda_workspace_bytes(first.classes, first.height, first.width, &workspace_bytes) == SD_OK, "%s",
-         sd_last_error());
-  const size_t unary_bytes = first.unary.size() * sizeof(float), label_bytes = size_t(first.pixels()) * sizeof(int32_t);
-  DeviceBuffer workspace(workspace_bytes), unary(unary_bytes), image(first.image.size()), probabilities(unary_bytes),
-      labels(label_bytes);
-  const sd_crf_io io{unary.pointer, SD_DTYPE_FLOAT32, SD_CRF_UNARY_LOGITS, static_cast<uint8_t*>(image.pointer),
-                     SD_IMAGE_HWC, 1, first.classes, first.height, first.width,
-                     static_cast<float*>(probabilities.pointer), static_cast<int32_t*>(labels.pointer)};
+  Workspace workspace{Scene()};
+  DeviceScene buffers{Scene()};
+#ifdef SD_TEST_EMULATED_CUDA
+  const int graph_launches = sd_emulated_graph_launches();
+#endif
   for (uint32_t call = 0; call < 4; ++call) {
     const Scene scene(20 + call);
-    sd_cuda_memcpy(unary.pointer, scene.unary.data(), unary_bytes);
-    sd_cuda_memcpy(image.pointer, scene.image.data(), scene.image.size());
-    EXPECT(sd_crf_cuda(&p, &io, workspace.pointer, workspace_bytes, 0, nullptr) == SD_OK, "call %u: %s", call,
-           sd_last_error());
-    Result gpu;
-    gpu.probabilities.resize(scene.unary.size());
-    gpu.labels.resize(scene.pixels());
-    sd_cuda_memcpy(gpu.probabilities.data(), probabilities.pointer, unary_bytes);
-    sd_cuda_memcpy(gpu.labels.data(), labels.pointer, label_bytes);
-    const Result cpu = run_cpu(scene, p);
-    EXPECT(max_difference(cpu.probabilities, gpu.probabilities) < 1e-4f, "call %u, CUDA vs CPU: max |dQ| %g", call,
-           max_difference(cpu.probabilities, gpu.probabilities));
-    EXPECT(error_rate(gpu.labels, cpu.labels) < 5e-3, "call %u, labels differ at %.4f", call,
-           error_rate(gpu.labels, cpu.labels));
+    buffers.upload(scene);
+    EXPECT(sd_crf_cuda(&p, &buffers.io, workspace.buffer.pointer, workspace.bytes, 0, nullptr) == SD_OK,
+           "call %u: %s", call, sd_last_error());
+    buffers.expect_matches_cpu(("call " + std::to_string(call)).c_str(), scene, p);
   }
+#ifdef SD_TEST_EMULATED_CUDA
+  // The capture (forked onto the side stream and joined back) must have succeeded.
+  EXPECT(sd_emulated_graph_launches() - graph_launches == 3, "calls 2-4 launched %d graphs, not 3",
+         sd_emulated_graph_launches() - graph_launches);
+#endif
+}
+
+// Calls enqueued one after the other into the same workspace with no wait between them (a
+// video's frames on one stream) must each see their own lattices, although part of every call
+// runs on a second stream.
+void test_cuda_calls_in_a_row_share_the_workspace() {
+  if (sd_cuda_device_count() == 0) return;
+  const Scene first(31), second(32);
+  sd_crf_params p = default_params(), other = p;
+  other.spatial_theta = 6.0f;  // another spatial lattice
+  other.spatial_weight = 5.0f;
+  Workspace workspace(first);
+  const DeviceScene a(first), b(second);
+  EXPECT(sd_crf_cuda(&p, &a.io, workspace.buffer.pointer, workspace.bytes, 0, nullptr) == SD_OK, "%s", sd_last_error());
+  EXPECT(sd_crf_cuda(&other, &b.io, workspace.buffer.pointer, workspace.bytes, 0, nullptr) == SD_OK, "%s",
+         sd_last_error());
+  a.expect_matches_cpu("first call", first, p);
+  b.expect_matches_cpu("second call", second, other);
 }
 
 }  // namespace
@@ -497,6 +555,7 @@ int main() {
   test_large_lattice_and_thread_count();
   test_cuda_matches_cpu();
   test_cuda_repeated_calls_follow_the_data();
+  test_cuda_calls_in_a_row_share_the_workspace();
   if (failures == 0) std::printf("all dense CRF tests passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -93,7 +93,12 @@ SD_API int sd_crf_cuda_workspace_bytes(int32_t classes, int32_t height, int32_t 
  * A call made again with the same arguments (pointers included, as with a video's frames in the
  * same buffers) is captured into a CUDA graph and later replayed as one launch (the last 8
  * such calls are kept); the data in the buffers may change between calls. Calls on a stream
- * that is being captured enqueue their kernels into the caller's graph instead. */
+ * that is being captured enqueue their kernels into the caller's graph instead.
+ * The spatial kernel's work runs beside the bilateral kernel's, on a stream of the library's (one
+ * per host thread and device, released when the thread ends) that waits for `stream` at the start
+ * and that `stream` waits for at the end: the call is ordered on `stream` as if it ran there
+ * alone. On a stream that is being captured, and with SD_CRF_PROFILE set, all of it runs on
+ * `stream`. */
 SD_API int sd_crf_cuda(const sd_crf_params* params, const sd_crf_io* io, void* workspace, size_t workspace_bytes,
                        int check_finite, void* stream);
 
