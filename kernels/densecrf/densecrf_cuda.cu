@@ -170,7 +170,7 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
 
 struct Layout {
   float* log_prob;  // [pixels][classes]
-  float* q;         // [pixels][classes]
+  __half* q;        // [pixels][row_width(classes)]: the splat's input, a zero after odd class counts
   unsigned long long* first_bad;
   DeviceLattice<kSpatialDims> spatial;
   DeviceLattice<kBilateralDims> bilateral;
@@ -185,7 +185,7 @@ struct Layout {
     Carver carver(base);
     const int32_t pixels = height * width;
     log_prob = carver.take<float>(int64_t(pixels) * classes);
-    q = carver.take<float>(int64_t(pixels) * classes);
+    q = carver.take<__half>(int64_t(pixels) * row_width(classes));
     first_bad = carver.take<unsigned long long>(1);
     SD_RETURN_IF_ERROR(carve_lattice(carver, pixels, classes, spatial));
     SD_RETURN_IF_ERROR(carve_lattice(carver, pixels, classes, bilateral));
@@ -343,13 +343,35 @@ struct Parts {
   const int32_t* heavy_count;
 };
 
+// The float32 sum of values stored as T: float (the row sums), or float16 pairs (class values).
+template <typename T>
+struct SumOf {
+  using type = float;
+};
+template <>
+struct SumOf<__half2> {
+  using type = float2;
+};
+__device__ __forceinline__ void add_weighted(float& sum, float weight, float value) { sum += weight * value; }
+__device__ __forceinline__ void add_weighted(float2& sum, float weight, __half2 value) {
+  const float2 v = __half22float2(value);
+  sum.x += weight * v.x;
+  sum.y += weight * v.y;
+}
+__device__ __forceinline__ void add_weighted(float2& sum, float weight, float2 value) {
+  sum.x += weight * value.x;
+  sum.y += weight * value.y;
+}
+__device__ __forceinline__ float stored(float sum) { return sum; }
+__device__ __forceinline__ __half2 stored(float2 sum) { return __floats2half2_rn(sum.x, sum.y); }
+
 // Σ over one part's entries of splat weight × q[pixel][c]: the vertex's value when it has one
-// part, else a partial sum for heavy_splat_kernel.
+// part, else a partial sum for heavy_splat_kernel. Rows of q and of the values are `width` Ts.
 template <typename T>
 __global__ void part_splat_kernel(Parts parts, const int32_t* __restrict__ segment_start,
                                   const float* __restrict__ splat_weight, const int32_t* __restrict__ splat_pixel,
-                                  const float* __restrict__ q, int32_t q_width, int32_t width, T* __restrict__ values,
-                                  float* __restrict__ partial) {
+                                  const T* __restrict__ q, int32_t width, T* __restrict__ values,
+                                  typename SumOf<T>::type* __restrict__ partial) {
   const int32_t total = *parts.total;
   SD_GRID_STRIDE(i, total * width) {
     const int32_t part = i / width, c = i % width;
@@ -357,23 +379,23 @@ __global__ void part_splat_kernel(Parts parts, const int32_t* __restrict__ segme
     const int32_t first_part = parts.start[v];
     const int32_t begin = segment_start[v] + (part - first_part) * kPartEntries;
     const int32_t end = min(segment_start[v + 1], begin + kPartEntries);
-    float sum = 0.0f;  // stays zero in the padding of a row
-    if (c < q_width)
-      for (int32_t k = begin; k < end; ++k) sum += splat_weight[k] * q[int64_t(splat_pixel[k]) * q_width + c];
-    if (parts.start[v + 1] - first_part == 1) store_value(values + int64_t(v) * width + c, sum);
+    typename SumOf<T>::type sum{};
+    for (int32_t k = begin; k < end; ++k) add_weighted(sum, splat_weight[k], q[int64_t(splat_pixel[k]) * width + c]);
+    if (parts.start[v + 1] - first_part == 1) values[int64_t(v) * width + c] = stored(sum);
     else partial[int64_t(part) * width + c] = sum;
   }
 }
 
 template <typename T>
-__global__ void heavy_splat_kernel(Parts parts, const float* __restrict__ partial, int32_t width,
+__global__ void heavy_splat_kernel(Parts parts, const typename SumOf<T>::type* __restrict__ partial, int32_t width,
                                    T* __restrict__ values) {
   const int32_t heavy = *parts.heavy_count;
   SD_GRID_STRIDE(i, heavy * width) {
     const int32_t v = parts.heavy[i / width], c = i % width;
-    float sum = 0.0f;
-    for (int32_t part = parts.start[v]; part < parts.start[v + 1]; ++part) sum += partial[int64_t(part) * width + c];
-    store_value(values + int64_t(v) * width + c, sum);
+    typename SumOf<T>::type sum{};
+    for (int32_t part = parts.start[v]; part < parts.start[v + 1]; ++part)
+      add_weighted(sum, 1.0f, partial[int64_t(part) * width + c]);
+    values[int64_t(v) * width + c] = stored(sum);
   }
 }
 
@@ -464,7 +486,7 @@ __device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t
 template <int kPerLane>
 __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSource<kSpatialDims> spatial,
                                      SliceSource<kBilateralDims> bilateral, int32_t classes, int32_t pixels,
-                                     float* __restrict__ q, Outputs outputs) {
+                                     __half* __restrict__ q, Outputs outputs) {
   const int lane = threadIdx.x % 32;
   const bool final_pass = outputs.first_bad != nullptr;
   const bool bad_image = final_pass && *outputs.first_bad != kNoBadValue;
@@ -494,9 +516,12 @@ __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSo
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int c = lane + 32 * k;
-      if (c >= classes) continue;
+      if (c >= classes) {
+        if (c < row_width(classes)) q[int64_t(pixel) * row_width(classes) + c] = __float2half_rn(0.0f);
+        continue;
+      }
       const float probability = logit[k] * inverse;
-      q[int64_t(pixel) * classes + c] = probability;
+      q[int64_t(pixel) * row_width(classes) + c] = __float2half_rn(probability);
       if (final_pass && outputs.probabilities != nullptr)
         outputs.probabilities[int64_t(c) * pixels + pixel] = bad_image ? NAN : probability;
       if (probability > best) {
@@ -761,7 +786,7 @@ class CudaCrf {
     SD_LAUNCH(zero_sentinel_kernel<__half>, 1, stream, L.vertex_count, lattice.values, lattice.scratch,
               row_width(io_.classes));
     const float* row_sum = nullptr;
-    SD_RETURN_IF_ERROR(splat(lattice, lattice.pre, 1, 1, lattice.row_values, stream));
+    SD_RETURN_IF_ERROR(splat(lattice, static_cast<const float*>(lattice.pre), 1, lattice.row_values, stream));
     SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum, stream));
     SD_LAUNCH(normalization_kernel<D>, blocks_for(pixels_), stream, L, row_sum, p_.normalization, lattice.pre,
               lattice.post);
@@ -770,19 +795,19 @@ class CudaCrf {
     return profile_.mark(name, " build: parts, normalisation");
   }
 
-  // Splats rows of `q_width` floats (q) into rows of `width` values (zero beyond q_width).
+  // Splats rows of `width` Ts (q) into rows of `width` Ts (the values).
   template <int D, typename T>
-  static Error splat(DeviceLattice<D>& lattice, const float* q, int32_t q_width, int32_t width, T* values,
-                     cudaStream_t stream) {
+  static Error splat(DeviceLattice<D>& lattice, const T* q, int32_t width, T* values, cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
     // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
     const int64_t heavy_items = (int64_t(L.entries) / (kPartEntries + 1) + 1) * width;
     const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
                       lattice.heavy_count};
+    const auto partial = reinterpret_cast<typename SumOf<T>::type*>(lattice.partial);
     SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), stream, parts, L.segment_start, lattice.splat_weight,
-              lattice.splat_pixel, q, q_width, width, values, lattice.partial);
-    SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), stream, parts, lattice.partial, width, values);
+              lattice.splat_pixel, q, width, values, partial);
+    SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), stream, parts, partial, width, values);
     return {};
   }
 
@@ -810,11 +835,11 @@ class CudaCrf {
     source.slice_weight = lattice.slice_weight;
     const char* name = lattice_name<D>();
     const int32_t width = row_width(io_.classes);
-    SD_RETURN_IF_ERROR(splat(lattice, w_.q, io_.classes, width, lattice.values, stream));
+    const auto values = reinterpret_cast<__half2*>(lattice.values);
+    SD_RETURN_IF_ERROR(splat(lattice, reinterpret_cast<const __half2*>(w_.q), width / 2, values, stream));
     SD_RETURN_IF_ERROR(profile_.mark(name, " splat"));
     const __half2* blurred = nullptr;
-    SD_RETURN_IF_ERROR(blur(lattice, width / 2, reinterpret_cast<__half2*>(lattice.values),
-                            reinterpret_cast<__half2*>(lattice.scratch), &blurred, stream));
+    SD_RETURN_IF_ERROR(blur(lattice, width / 2, values, reinterpret_cast<__half2*>(lattice.scratch), &blurred, stream));
     source.blurred = reinterpret_cast<const __half*>(blurred);
     return profile_.mark(name, " blur");
   }

@@ -150,6 +150,12 @@ float max_difference(const std::vector<float>& a, const std::vector<float>& b) {
   return worst;
 }
 
+double mean_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  double total = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) total += std::fabs(double(a[i]) - double(b[i]));
+  return total / double(a.size());
+}
+
 double error_rate(const std::vector<int32_t>& labels, const std::vector<int32_t>& truth) {
   size_t wrong = 0;
   for (size_t i = 0; i < truth.size(); ++i) wrong += labels[i] != truth[i];
@@ -386,15 +392,24 @@ void test_large_lattice_and_thread_count() {
          max_difference(one.probabilities, three.probabilities));
 }
 
+// CUDA's results against the CPU's. CUDA splats a distribution rounded to float16, so single
+// probabilities differ by up to about 1e-3 (on average 1e-6 to 1e-5) where they would agree to
+// 1e-6 otherwise.
+void expect_cuda_agrees(const char* what, const Result& cpu, const Result& gpu) {
+  EXPECT(max_difference(cpu.probabilities, gpu.probabilities) < 5e-3f, "%s, CUDA vs CPU: max |dQ| %g", what,
+         max_difference(cpu.probabilities, gpu.probabilities));
+  EXPECT(mean_difference(cpu.probabilities, gpu.probabilities) < 5e-5, "%s, CUDA vs CPU: mean |dQ| %g", what,
+         mean_difference(cpu.probabilities, gpu.probabilities));
+  EXPECT(error_rate(gpu.labels, cpu.labels) < 5e-3, "%s, CUDA vs CPU labels differ at %.4f", what,
+         error_rate(gpu.labels, cpu.labels));
+}
+
 void expect_cuda_matches_cpu(const char* what, const Scene& s, const sd_crf_params& p, const Adjust& adjust = {},
                              int32_t batch = 1) {
   const Result cpu = run_cpu(s, p, adjust, 0, batch), gpu = run_cuda(s, p, adjust, batch);
   EXPECT(cpu.status == SD_OK, "%s on the CPU: %s", what, cpu.error.c_str());
   EXPECT(gpu.status == SD_OK, "%s on CUDA: %s", what, gpu.error.c_str());
-  EXPECT(max_difference(cpu.probabilities, gpu.probabilities) < 1e-4f, "%s, CUDA vs CPU: max |dQ| %g", what,
-         max_difference(cpu.probabilities, gpu.probabilities));
-  EXPECT(error_rate(gpu.labels, cpu.labels) < 5e-3, "%s, CUDA vs CPU labels differ at %.4f", what,
-         error_rate(gpu.labels, cpu.labels));
+  expect_cuda_agrees(what, cpu, gpu);
 }
 
 void test_cuda_matches_cpu() {
@@ -474,17 +489,14 @@ struct DeviceScene {
 
   // The CPU's result for the same scene and parameters must agree with what the outputs hold.
   void expect_matches_cpu(const char* what, const Scene& s, const sd_crf_params& p) const {
-    std::vector<float> gpu_probabilities(s.unary.size());
-    std::vector<int32_t> gpu_labels(s.pixels());
-    EXPECT(sd_cuda_memcpy(gpu_probabilities.data(), probabilities.pointer, gpu_probabilities.size() * sizeof(float)) ==
+    Result gpu;
+    gpu.probabilities.resize(s.unary.size());
+    gpu.labels.resize(s.pixels());
+    EXPECT(sd_cuda_memcpy(gpu.probabilities.data(), probabilities.pointer, gpu.probabilities.size() * sizeof(float)) ==
                SD_OK, "%s", sd_last_error());
-    EXPECT(sd_cuda_memcpy(gpu_labels.data(), labels.pointer, gpu_labels.size() * sizeof(int32_t)) == SD_OK, "%s",
+    EXPECT(sd_cuda_memcpy(gpu.labels.data(), labels.pointer, gpu.labels.size() * sizeof(int32_t)) == SD_OK, "%s",
            sd_last_error());
-    const Result cpu = run_cpu(s, p);
-    EXPECT(max_difference(cpu.probabilities, gpu_probabilities) < 1e-4f, "%s, CUDA vs CPU: max |dQ| %g", what,
-           max_difference(cpu.probabilities, gpu_probabilities));
-    EXPECT(error_rate(gpu_labels, cpu.labels) < 5e-3, "%s, labels differ at %.4f", what,
-           error_rate(gpu_labels, cpu.labels));
+    expect_cuda_agrees(what, run_cpu(s, p), gpu);
   }
 };
 
