@@ -169,7 +169,7 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
 }
 
 struct Layout {
-  float* log_prob;  // [pixels][classes]
+  float* log_prob;  // [pixels][row_width(classes)]
   __half* q;        // [pixels][row_width(classes)]: the splat's input, a zero after odd class counts
   unsigned long long* first_bad;
   DeviceLattice<kSpatialDims> spatial;
@@ -184,7 +184,7 @@ struct Layout {
     }
     Carver carver(base);
     const int32_t pixels = height * width;
-    log_prob = carver.take<float>(int64_t(pixels) * classes);
+    log_prob = carver.take<float>(int64_t(pixels) * row_width(classes));
     q = carver.take<__half>(int64_t(pixels) * row_width(classes));
     first_bad = carver.take<unsigned long long>(1);
     SD_RETURN_IF_ERROR(carve_lattice(carver, pixels, classes, spatial));
@@ -215,14 +215,14 @@ __global__ void find_bad_unary_kernel(const void* unary, int32_t dtype, int32_t 
     if (!unary_value_ok(load_unary(unary, dtype, i), kind)) atomicMin(first_bad, static_cast<unsigned long long>(i));
 }
 
-// One image's planar (classes, pixels) input to pixel-major log-probability rows.
+// One image's planar (classes, pixels) input to pixel-major log-probability rows (of even width).
 __global__ void load_log_prob_kernel(const void* unary, int32_t dtype, int32_t kind, int64_t base, int32_t classes,
                                      int32_t pixels, float* log_prob, unsigned long long* first_bad) {
   SD_GRID_STRIDE(i, classes * pixels) {
     const float value = load_unary(unary, dtype, base + i);
     if (!unary_value_ok(value, kind)) atomicMin(first_bad, static_cast<unsigned long long>(base + i));
     const int32_t c = i / pixels, pixel = i % pixels;
-    log_prob[int64_t(pixel) * classes + c] = log_prob_from_unary(value, kind);
+    log_prob[int64_t(pixel) * row_width(classes) + c] = log_prob_from_unary(value, kind);
   }
 }
 
@@ -442,13 +442,18 @@ __global__ void weights_kernel(LatticeArrays<D> L, const float* pre, const float
   }
 }
 
-// ---- slice + softmax: one warp per pixel, lane c holds classes c, c + 32, ... -------------------
+// ---- slice + softmax: 16 lanes per pixel, two pixels per warp ------------------------------
+// Rows of q and of the lattices are float16 pairs; lane l of a pixel holds its class pairs l,
+// l + 16, ... and works in float32.
+
+constexpr int kLanesPerPixel = 16;
+constexpr int kPixelsPerWarp = 32 / kLanesPerPixel;
 
 template <int D>
 struct SliceSource {
   const int32_t* entry_vertex = nullptr;  // null: the kernel is off
   const float* slice_weight = nullptr;
-  const __half* blurred = nullptr;  // rows of row_width(classes)
+  const __half2* blurred = nullptr;  // rows of row_width(classes) / 2 pairs
 };
 
 struct Outputs {
@@ -457,81 +462,101 @@ struct Outputs {
   const unsigned long long* first_bad = nullptr;  // set on the last pass only
 };
 
-__device__ float warp_max(float value) {
-  for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+// Reductions over the 16 lanes of one pixel (the whole warp shuffles, each half on its own).
+__device__ float pixel_max(float value) {
+  for (int offset = kLanesPerPixel / 2; offset > 0; offset /= 2)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
   return value;
 }
 
-__device__ float warp_sum(float value) {
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+__device__ float pixel_sum(float value) {
+  for (int offset = kLanesPerPixel / 2; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
   return value;
 }
 
-template <int kPerLane, int D>
-__device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t classes, int lane,
-                            float (&logit)[kPerLane]) {
+template <int kPairs, int D>
+__device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t pairs, int lane,
+                            float2 (&logit)[kPairs]) {
   if (source.entry_vertex == nullptr) return;
   for (int r = 0; r <= D; ++r) {
     const int32_t entry = pixel * (D + 1) + r;
     const float w = source.slice_weight[entry];
-    const __half* row = source.blurred + int64_t(source.entry_vertex[entry]) * row_width(classes);
+    const __half2* row = source.blurred + int64_t(source.entry_vertex[entry]) * pairs;
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + 32 * k;
-      if (c < classes) logit[k] += w * __half2float(row[c]);
+    for (int k = 0; k < kPairs; ++k) {
+      const int j = lane + kLanesPerPixel * k;
+      if (j < pairs) add_weighted(logit[k], w, row[j]);
     }
   }
 }
 
-template <int kPerLane>
+// log_prob and q: rows of row_width(classes) (log_prob's padding is never read).
+template <int kPairs>
 __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSource<kSpatialDims> spatial,
                                      SliceSource<kBilateralDims> bilateral, int32_t classes, int32_t pixels,
                                      __half* __restrict__ q, Outputs outputs) {
-  const int lane = threadIdx.x % 32;
+  const int lane = threadIdx.x % kLanesPerPixel;
+  const int32_t pairs = row_width(classes) / 2;
   const bool final_pass = outputs.first_bad != nullptr;
   const bool bad_image = final_pass && *outputs.first_bad != kNoBadValue;
-  for (int32_t pixel = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; pixel < pixels;
-       pixel += gridDim.x * kWarpsPerBlock) {
-    float logit[kPerLane];
+  const int32_t warp = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+  // The loop is the same for the whole warp (its shuffles need every lane); a pixel past the
+  // end (the second of the last warp) computes on zeros and stores nothing.
+  for (int32_t first = warp * kPixelsPerWarp; first < pixels; first += gridDim.x * kWarpsPerBlock * kPixelsPerWarp) {
+    const int32_t pixel = first + int32_t(threadIdx.x % 32) / kLanesPerPixel;
+    const bool real = pixel < pixels;
+    float2 logit[kPairs];
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + 32 * k;
-      logit[k] = c < classes ? log_prob[int64_t(pixel) * classes + c] : -INFINITY;
+    for (int k = 0; k < kPairs; ++k) {
+      const int j = lane + kLanesPerPixel * k;
+      logit[k] = real && j < pairs ? reinterpret_cast<const float2*>(log_prob)[int64_t(pixel) * pairs + j]
+                                   : make_float2(0.0f, 0.0f);
     }
-    add_message(spatial, pixel, classes, lane, logit);
-    add_message(bilateral, pixel, classes, lane, logit);
+    if (real) {
+      add_message(spatial, pixel, pairs, lane, logit);
+      add_message(bilateral, pixel, pairs, lane, logit);
+    }
+    // Classes past the last (the padding of odd counts, pairs past the row) get no probability.
+#pragma unroll
+    for (int k = 0; k < kPairs; ++k) {
+      const int c = 2 * (lane + kLanesPerPixel * k);
+      if (c >= classes) logit[k].x = -INFINITY;
+      if (c + 1 >= classes) logit[k].y = -INFINITY;
+    }
     float largest = -INFINITY;
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) largest = fmaxf(largest, logit[k]);
-    largest = warp_max(largest);
+    for (int k = 0; k < kPairs; ++k) largest = fmaxf(largest, fmaxf(logit[k].x, logit[k].y));
+    largest = pixel_max(largest);
     float total = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      logit[k] = lane + 32 * k < classes ? expf(logit[k] - largest) : 0.0f;
-      total += logit[k];
+    for (int k = 0; k < kPairs; ++k) {
+      logit[k] = make_float2(expf(logit[k].x - largest), expf(logit[k].y - largest));
+      total += logit[k].x + logit[k].y;
     }
-    const float inverse = 1.0f / warp_sum(total);
+    const float inverse = 1.0f / pixel_sum(total);
     float best = -1.0f;
     int best_class = 0;
 #pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int c = lane + 32 * k;
-      if (c >= classes) {
-        if (c < row_width(classes)) q[int64_t(pixel) * row_width(classes) + c] = __float2half_rn(0.0f);
-        continue;
-      }
-      const float probability = logit[k] * inverse;
-      q[int64_t(pixel) * row_width(classes) + c] = __float2half_rn(probability);
-      if (final_pass && outputs.probabilities != nullptr)
-        outputs.probabilities[int64_t(c) * pixels + pixel] = bad_image ? NAN : probability;
-      if (probability > best) {
-        best = probability;
-        best_class = c;
+    for (int k = 0; k < kPairs; ++k) {
+      const int j = lane + kLanesPerPixel * k;
+      if (!real || j >= pairs) continue;
+      const float2 probability = make_float2(logit[k].x * inverse, logit[k].y * inverse);
+      reinterpret_cast<__half2*>(q)[int64_t(pixel) * pairs + j] = __floats2half2_rn(probability.x, probability.y);
+      for (int half = 0; half < 2; ++half) {
+        const int c = 2 * j + half;
+        const float value = half == 0 ? probability.x : probability.y;
+        if (c >= classes) continue;
+        if (final_pass && outputs.probabilities != nullptr)
+          outputs.probabilities[int64_t(c) * pixels + pixel] = bad_image ? NAN : value;
+        if (value > best) {
+          best = value;
+          best_class = c;
+        }
       }
     }
     if (!final_pass || outputs.labels == nullptr) continue;
-    // Arg max over lanes, the lowest class winning ties (as numpy's argmax).
-    for (int offset = 16; offset > 0; offset /= 2) {
+    // Arg max over the pixel's lanes, the lowest class winning ties (as numpy's argmax).
+    for (int offset = kLanesPerPixel / 2; offset > 0; offset /= 2) {
       const float other = __shfl_xor_sync(0xffffffffu, best, offset);
       const int other_class = __shfl_xor_sync(0xffffffffu, best_class, offset);
       if (other > best || (other == best && other_class < best_class)) {
@@ -539,7 +564,7 @@ __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSo
         best_class = other_class;
       }
     }
-    if (lane == 0) outputs.labels[pixel] = bad_image ? -1 : best_class;
+    if (real && lane == 0) outputs.labels[pixel] = bad_image ? -1 : best_class;
   }
 }
 
@@ -840,18 +865,21 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(profile_.mark(name, " splat"));
     const __half2* blurred = nullptr;
     SD_RETURN_IF_ERROR(blur(lattice, width / 2, values, reinterpret_cast<__half2*>(lattice.scratch), &blurred, stream));
-    source.blurred = reinterpret_cast<const __half*>(blurred);
+    source.blurred = blurred;
     return profile_.mark(name, " blur");
   }
 
   Error slice_softmax(const SliceSource<kSpatialDims>& spatial, const SliceSource<kBilateralDims>& bilateral,
                       const Outputs& outputs) {
-    const int blocks = int(std::min<int64_t>((pixels_ + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxBlocks));
-    const int per_lane = (io_.classes + 31) / 32;
-    if (per_lane <= 1) SD_LAUNCH(slice_softmax_kernel<1>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    else if (per_lane <= 2) SD_LAUNCH(slice_softmax_kernel<2>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    else if (per_lane <= 4) SD_LAUNCH(slice_softmax_kernel<4>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
-    else SD_LAUNCH(slice_softmax_kernel<kMaxCudaClasses / 32>, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
+    constexpr int kPixelsPerBlock = kWarpsPerBlock * kPixelsPerWarp;
+    const int blocks = int(std::min<int64_t>((pixels_ + kPixelsPerBlock - 1) / kPixelsPerBlock, kMaxBlocks));
+    const int pairs_per_lane = (row_width(io_.classes) / 2 + kLanesPerPixel - 1) / kLanesPerPixel;
+    static_assert(kMaxCudaClasses <= 2 * kLanesPerPixel * 8, "slice_softmax_kernel<8> covers every class count");
+    const auto slice_kernel = pairs_per_lane <= 1   ? slice_softmax_kernel<1>
+                              : pairs_per_lane <= 2 ? slice_softmax_kernel<2>
+                              : pairs_per_lane <= 4 ? slice_softmax_kernel<4>
+                                                    : slice_softmax_kernel<8>;
+    SD_LAUNCH(slice_kernel, blocks, stream_, w_.log_prob, spatial, bilateral, io_.classes, pixels_, w_.q, outputs);
     return profile_.mark(spatial.entry_vertex || bilateral.entry_vertex ? "slice, softmax" : "first softmax");
   }
 

@@ -33,12 +33,13 @@ int failures = 0;
 // A small scene: left half dark red, right half light blue, a green square; the unary favours
 // the true class (0, 1, 2) with Gaussian noise (further classes get noise only).
 struct Scene {
-  int32_t classes, height = 24, width = 32;
+  int32_t classes, height, width;
   std::vector<uint8_t> image;   // HWC
   std::vector<float> unary;     // logits, (classes, height, width)
   std::vector<int32_t> truth;   // (height, width)
 
-  explicit Scene(uint32_t seed = 1, int32_t class_count = 3) : classes(class_count) {
+  explicit Scene(uint32_t seed = 1, int32_t class_count = 3, int32_t rows = 24, int32_t columns = 32)
+      : classes(class_count), height(rows), width(columns) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> noise(0.0f, 1.0f);
     const int pixels = height * width;
@@ -445,7 +446,8 @@ void test_cuda_matches_cpu() {
     io.unary_kind = SD_CRF_UNARY_PROBABILITIES;
     io.probabilities = nullptr;
   });
-  expect_cuda_matches_cpu("40 classes (two per lane)", Scene(3, 40), p);
+  expect_cuda_matches_cpu("40 classes (two pairs per lane)", Scene(3, 40), p);
+  expect_cuda_matches_cpu("129 classes (eight pairs per lane), an odd number of pixels", Scene(4, 129, 23, 31), p);
   Scene flat(5);
   std::fill(flat.image.begin(), flat.image.end(), uint8_t(128));  // a few vertices of hundreds of entries
   expect_cuda_matches_cpu("flat image", flat, p);
