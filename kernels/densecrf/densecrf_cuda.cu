@@ -68,10 +68,13 @@ struct DeviceLattice {
   float* splat_weight;      // [entries], segment order
   int32_t* splat_pixel;     // [entries], segment order
   float* slice_weight;      // [entries], entry order
+  int32_t* chain_length;    // [(D+1) * entries]: per axis, the length of the chain a vertex heads, else 0
+  int32_t* chain_start;     // [(D+1) * entries]: its exclusive prefix sum, the chain's place in `sequences`
+  int32_t* sequences;       // [(D+1) * M]: per axis, the vertices chain after chain (see sequence_blur_kernel)
   // Class rows of the lattice in float16: the blur is bound by memory traffic, and half-size
   // rows keep the bilateral lattice of a 512x512 image (~10 MiB per buffer) in an H100's L2.
   // The arithmetic is float32; the row sums of the normalisation stay float32 throughout.
-  __half* values;           // [(entries + 1) * row_width]; row M stays zero ("no neighbour")
+  __half* values;           // [(entries + 1) * row_width]
   __half* scratch;          // same size: the blur ping-pongs between the two
   float* partial;           // [(entries + 1) * row_width]: partial sums of heavy vertices' parts
   float* row_values;        // [entries + 1]: the row sums' splat and blur (float32)
@@ -108,11 +111,11 @@ int vertex_bits(int64_t entries) {
   return bits;
 }
 
-// Bytes of CUB scratch for a lattice's scans (entries + 1 items) and its sort (entries pairs).
-Error cub_scratch_bytes(int64_t entries, size_t& bytes) {
+// Bytes of CUB scratch for a lattice's scans (at most `scanned` items) and its sort (entries pairs).
+Error cub_scratch_bytes(int64_t entries, int64_t scanned, size_t& bytes) {
   size_t scan_bytes = 0, sort_bytes = 0;
   SD_RETURN_IF_ERROR(cuda_error(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int32_t*>(nullptr),
-                                                              static_cast<int32_t*>(nullptr), int(entries + 1)),
+                                                              static_cast<int32_t*>(nullptr), int(scanned)),
                                 "cub::DeviceScan::ExclusiveSum (size query)"));
   SD_RETURN_IF_ERROR(cuda_error(
       cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<int32_t*>(nullptr),
@@ -156,6 +159,9 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.splat_weight = carver.take<float>(entries);
   out.splat_pixel = carver.take<int32_t>(entries);
   out.slice_weight = carver.take<float>(entries);
+  out.chain_length = carver.take<int32_t>(entries * (D + 1));
+  out.chain_start = carver.take<int32_t>(entries * (D + 1));
+  out.sequences = carver.take<int32_t>(entries * (D + 1));
   out.values = carver.take<__half>((entries + 1) * row_width(classes));
   out.scratch = carver.take<__half>((entries + 1) * row_width(classes));
   out.partial = carver.take<float>((entries + 1) * row_width(classes));
@@ -163,7 +169,7 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.row_scratch = carver.take<float>(entries + 1);
   out.pre = carver.take<float>(pixels);
   out.post = carver.take<float>(pixels);
-  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, out.temp_bytes));
+  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, std::max(entries + 1, entries * (D + 1)), out.temp_bytes));
   out.temp = carver.take<char>(int64_t(out.temp_bytes));
   return {};
 }
@@ -200,10 +206,10 @@ Error check_size(int32_t classes, int32_t height, int32_t width) {
     return invalid("classes, height and width must all be >= 1, got classes=", classes, " height=", height,
                    " width=", width);
   const int64_t rows = int64_t(height) * width * (kBilateralDims + 1) + 1;
-  if (rows * row_width(classes) > INT32_MAX)
+  if (rows * std::max(row_width(classes), kBilateralDims + 1) > INT32_MAX)
     return invalid("an image of ", height, "x", width, " pixels with ", classes,
                    " classes is too large for the CUDA dense CRF (at most ", INT32_MAX,
-                   " = pixels x 6 x classes); run it on the CPU or in tiles");
+                   " = pixels x 6 x max(classes, 6)); run it on the CPU or in tiles");
   return {};
 }
 
@@ -285,6 +291,48 @@ __global__ void neighbors_kernel(LatticeArrays<D> L) {
   SD_GRID_STRIDE(v, vertices) link_neighbors<D>(L, v, vertices);
 }
 
+// Along each axis the vertices fall into chains, the lines of the lattice in that direction (a
+// vertex without neighbours along it is a chain of one). Listed chain after chain in `sequences`,
+// each vertex flagged kLinked when the one before it in the list is its lower neighbour, a blur
+// pass becomes a stencil over a list: sequence_blur_kernel.
+constexpr int32_t kLinked = INT32_MIN;
+
+template <int D>
+__device__ const int2* axis_neighbors(const LatticeArrays<D>& L, int axis) {
+  return reinterpret_cast<const int2*>(L.neighbors + int64_t(axis) * L.neighbor_stride * 2);
+}
+
+// Per axis and vertex: the length of the chain that the vertex heads, or 0 (also past M).
+template <int D>
+__global__ void chain_length_kernel(LatticeArrays<D> L, int32_t* chain_length) {
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(i, (D + 1) * L.entries) {
+    const int axis = i / L.entries;
+    const int32_t v = i % L.entries;
+    const int2* around = axis_neighbors(L, axis);
+    int32_t length = 0;
+    if (v < vertices && around[v].x == vertices)
+      for (int32_t u = v; u != vertices; u = around[u].y) ++length;
+    chain_length[i] = length;
+  }
+}
+
+// Lists each chain at its place (the prefix sum over axes and vertices of the chain lengths puts
+// axis a's chains in [a * M, (a + 1) * M)).
+template <int D>
+__global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_length, const int32_t* chain_start,
+                                int32_t* sequences) {
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(i, (D + 1) * L.entries) {
+    if (chain_length[i] == 0) continue;
+    const int2* around = axis_neighbors(L, i / L.entries);
+    int32_t* out = sequences + chain_start[i];
+    int32_t v = i % L.entries;
+    *out++ = v;
+    for (v = around[v].y; v != vertices; v = around[v].y) *out++ = v | kLinked;
+  }
+}
+
 // Splits every vertex's segment into parts of at most kPartEntries entries; lists the heavy ones.
 template <int D>
 __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32_t* heavy_vertices,
@@ -320,19 +368,6 @@ __global__ void splat_order_kernel(LatticeArrays<D> L, float* splat_weight, int3
 
 __global__ void fill_kernel(float* values, int32_t count, float value) {
   SD_GRID_STRIDE(i, count) values[i] = value;
-}
-
-__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_value(__half* p, float v) { *p = __float2half_rn(v); }
-
-// Row M of the two value buffers stands for an absent neighbour.
-template <typename T>
-__global__ void zero_sentinel_kernel(const int32_t* vertex_count, T* values, T* scratch, int32_t width) {
-  const int64_t row = int64_t(*vertex_count) * width;
-  for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    store_value(values + row + c, 0.0f);
-    store_value(scratch + row + c, 0.0f);
-  }
 }
 
 struct Parts {
@@ -406,15 +441,36 @@ __device__ __forceinline__ __half2 blend(__half2 self, __half2 lower, __half2 up
   return __floats2half2_rn(blend(s.x, l.x, u.x), blend(s.y, l.y, u.y));
 }
 
-// Rows of `width` items: floats (the row sums), or pairs of float16 class values.
+// One blur pass along an axis, from `source` into `target`, over rows of `width` Ts (floats for
+// the row sums, float16 pairs for the class values). Each thread walks kSequenceSegment places of
+// the axis's sequence, reading each row once and carrying the previous one: along a chain a
+// vertex's lower neighbour is the row before it, its upper one the row after (zero at a chain's
+// ends); the rows just outside the segment are read when they are linked to it.
+constexpr int32_t kSequenceSegment = 8;
+
 template <typename T>
-__global__ void blur_kernel(const int32_t* __restrict__ vertex_count, const int32_t* __restrict__ neighbors,
-                            const T* __restrict__ source, int32_t width, T* __restrict__ target) {
+__global__ void sequence_blur_kernel(const int32_t* __restrict__ vertex_count, const int32_t* __restrict__ sequences,
+                                     int axis, const T* __restrict__ source, int32_t width, T* __restrict__ target) {
   const int32_t vertices = *vertex_count;
-  SD_GRID_STRIDE(i, vertices * width) {
-    const int32_t v = i / width, c = i % width;
-    const int2 around = reinterpret_cast<const int2*>(neighbors)[v];
-    target[i] = blend(source[i], source[around.x * width + c], source[around.y * width + c]);
+  const int32_t* sequence = sequences + int64_t(axis) * vertices;
+  const int32_t segments = (vertices + kSequenceSegment - 1) / kSequenceSegment;
+  const T zero{};
+  SD_GRID_STRIDE(i, segments * width) {
+    const int32_t c = i % width, begin = i / width * kSequenceSegment;
+    const int32_t end = min(begin + kSequenceSegment, vertices);
+    const auto value = [&](int32_t code) { return source[int64_t(code & ~kLinked) * width + c]; };
+    int32_t code = sequence[begin];
+    T lower = code & kLinked ? value(sequence[begin - 1]) : zero;
+    T self = value(code);
+    for (int32_t k = begin; k < end; ++k) {
+      const int32_t next = k + 1 < vertices ? sequence[k + 1] : 0;
+      const bool linked = next & kLinked;
+      const T after = k + 1 < end || linked ? value(next) : zero;
+      target[int64_t(code & ~kLinked) * width + c] = blend(self, lower, linked ? after : zero);
+      lower = linked ? self : zero;
+      self = after;
+      code = next;
+    }
   }
 }
 
@@ -794,7 +850,12 @@ class CudaCrf {
         "cub::DeviceRadixSort::SortPairs"));
     SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), stream, L);
-    SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours"));
+    const int64_t axis_entries = int64_t(entries) * (D + 1);  // below 2^31: check_size
+    SD_LAUNCH(chain_length_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_length);
+    SD_RETURN_IF_ERROR(scan(lattice, lattice.chain_length, lattice.chain_start, int32_t(axis_entries), stream));
+    SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_length, lattice.chain_start,
+              lattice.sequences);
+    SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours, chains"));
 
     SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t), stream));
     SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t), stream));
@@ -806,10 +867,6 @@ class CudaCrf {
 
     SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), stream, L, lattice.splat_weight, lattice.splat_pixel);
     SD_LAUNCH(fill_kernel, blocks_for(pixels_), stream, lattice.pre, pixels_, 1.0f);
-    // Row M, the absent neighbour, is never written by a splat or a blur: zeroed once per lattice.
-    SD_LAUNCH(zero_sentinel_kernel<float>, 1, stream, L.vertex_count, lattice.row_values, lattice.row_scratch, 1);
-    SD_LAUNCH(zero_sentinel_kernel<__half>, 1, stream, L.vertex_count, lattice.values, lattice.scratch,
-              row_width(io_.classes));
     const float* row_sum = nullptr;
     SD_RETURN_IF_ERROR(splat(lattice, static_cast<const float*>(lattice.pre), 1, lattice.row_values, stream));
     SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum, stream));
@@ -842,12 +899,12 @@ class CudaCrf {
   static Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result,
                     cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
-    const int64_t items = (int64_t(L.entries) + 1) * width;
+    const int64_t items = (int64_t(L.entries) + kSequenceSegment - 1) / kSequenceSegment * width;
     T* source = values;
     T* target = scratch;
     for (int axis = 0; axis <= D; ++axis) {
-      SD_LAUNCH(blur_kernel<T>, blocks_for(items), stream, L.vertex_count,
-                L.neighbors + int64_t(axis) * L.neighbor_stride * 2, source, width, target);
+      SD_LAUNCH(sequence_blur_kernel<T>, blocks_for(items), stream, L.vertex_count, lattice.sequences, axis, source,
+                width, target);
       std::swap(source, target);
     }
     *result = source;

@@ -89,7 +89,7 @@ SD_API int sd_crf_cuda_workspace_bytes(int32_t classes, int32_t height, int32_t 
  * check_finite != 0 the unary is first checked for NaN/inf, which waits for the stream once,
  * before the iterations; with check_finite == 0 nothing waits, and an image with a non-finite
  * unary gets NaN probabilities and label -1. At most 256 classes, and (6 x height x width + 1) x
- * classes below 2^31 (1080p with up to 172 classes).
+ * max(classes, 6) below 2^31 (1080p with up to 172 classes).
  * A call made again with the same arguments (pointers included, as with a video's frames in the
  * same buffers) is captured into a CUDA graph and later replayed as one launch (the last 8
  * such calls are kept); the data in the buffers may change between calls. Calls on a stream
