@@ -68,8 +68,8 @@ struct DeviceLattice {
   float* splat_weight;      // [entries], segment order
   int32_t* splat_pixel;     // [entries], segment order
   float* slice_weight;      // [entries], entry order
-  int32_t* chain_length;    // [(D+1) * entries]: per axis, the length of the chain a vertex heads, else 0
-  int32_t* chain_start;     // [(D+1) * entries]: its exclusive prefix sum, the chain's place in `sequences`
+  int32_t* chain_start;     // [(D+1) * entries]: per axis, the length of the chain a vertex heads (or 0),
+                            // then, scanned in place, the chain's place in `sequences`
   int32_t* sequences;       // [(D+1) * M]: per axis, the vertices chain after chain (see sequence_blur_kernel)
   // Class rows of the lattice in float16: the blur is bound by memory traffic, and half-size
   // rows keep the bilateral lattice of a 512x512 image (~10 MiB per buffer) in an H100's L2.
@@ -159,7 +159,6 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.splat_weight = carver.take<float>(entries);
   out.splat_pixel = carver.take<int32_t>(entries);
   out.slice_weight = carver.take<float>(entries);
-  out.chain_length = carver.take<int32_t>(entries * (D + 1));
   out.chain_start = carver.take<int32_t>(entries * (D + 1));
   out.sequences = carver.take<int32_t>(entries * (D + 1));
   out.values = carver.take<__half>((entries + 1) * row_width(classes));
@@ -320,14 +319,13 @@ __global__ void chain_length_kernel(LatticeArrays<D> L, int32_t* chain_length) {
 // Lists each chain at its place (the prefix sum over axes and vertices of the chain lengths puts
 // axis a's chains in [a * M, (a + 1) * M)).
 template <int D>
-__global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_length, const int32_t* chain_start,
-                                int32_t* sequences) {
+__global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_start, int32_t* sequences) {
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(i, (D + 1) * L.entries) {
-    if (chain_length[i] == 0) continue;
-    const int2* around = axis_neighbors(L, i / L.entries);
-    int32_t* out = sequences + chain_start[i];
     int32_t v = i % L.entries;
+    const int2* around = axis_neighbors(L, i / L.entries);
+    if (v >= vertices || around[v].x != vertices) continue;  // not a chain's first vertex
+    int32_t* out = sequences + chain_start[i];
     *out++ = v;
     for (v = around[v].y; v != vertices; v = around[v].y) *out++ = v | kLinked;
   }
@@ -851,10 +849,9 @@ class CudaCrf {
     SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), stream, L);
     const int64_t axis_entries = int64_t(entries) * (D + 1);  // below 2^31: check_size
-    SD_LAUNCH(chain_length_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_length);
-    SD_RETURN_IF_ERROR(scan(lattice, lattice.chain_length, lattice.chain_start, int32_t(axis_entries), stream));
-    SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_length, lattice.chain_start,
-              lattice.sequences);
+    SD_LAUNCH(chain_length_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_start);
+    SD_RETURN_IF_ERROR(scan(lattice, lattice.chain_start, lattice.chain_start, int32_t(axis_entries), stream));
+    SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_start, lattice.sequences);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours, chains"));
 
     SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t), stream));
