@@ -61,7 +61,8 @@ struct DeviceLattice {
   int32_t* sorted_vertex;   // [entries]: sort output (unused)
   int32_t* part_count;      // [entries + 1]: parts of each vertex
   int32_t* part_start;      // [entries + 1]: first part of each vertex
-  int32_t* part_vertex;     // [entries]: vertex of each part
+  int32_t* part_begin;      // [entries + 1]: each part's first entry in segment order (then the end)
+  int32_t* part_target;     // [entries]: each part's vertex when it is the vertex's only part, else ~part
   int32_t* part_total;      // [1]
   int32_t* heavy_vertices;  // [entries]: vertices with more than one part
   int32_t* heavy_count;     // [1]
@@ -152,7 +153,8 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.sorted_vertex = carver.take<int32_t>(entries);
   out.part_count = carver.take<int32_t>(entries + 1);
   out.part_start = carver.take<int32_t>(entries + 1);
-  out.part_vertex = carver.take<int32_t>(entries);
+  out.part_begin = carver.take<int32_t>(entries + 1);
+  out.part_target = carver.take<int32_t>(entries);
   out.part_total = carver.take<int32_t>(1);
   out.heavy_vertices = carver.take<int32_t>(entries);
   out.heavy_count = carver.take<int32_t>(1);
@@ -344,13 +346,20 @@ __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32
 }
 
 template <int D>
-__global__ void part_vertex_kernel(LatticeArrays<D> L, const int32_t* part_start, int32_t* part_vertex,
-                                   int32_t* part_total) {
+__global__ void part_kernel(LatticeArrays<D> L, const int32_t* part_start, int32_t* part_begin, int32_t* part_target,
+                            int32_t* part_total) {
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, vertices) {
-    for (int32_t part = part_start[v]; part < part_start[v + 1]; ++part) part_vertex[part] = v;
+    const int32_t first = part_start[v], end = part_start[v + 1];
+    for (int32_t part = first; part < end; ++part) {
+      part_begin[part] = L.segment_start[v] + (part - first) * kPartEntries;
+      part_target[part] = end - first == 1 ? v : ~part;
+    }
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) *part_total = part_start[vertices];
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *part_total = part_start[vertices];
+    part_begin[part_start[vertices]] = L.segment_start[vertices];
+  }
 }
 
 // ---- filtering -----------------------------------------------------------------------------
@@ -370,8 +379,9 @@ __global__ void fill_kernel(float* values, int32_t count, float value) {
 
 struct Parts {
   const int32_t* total;
-  const int32_t* start;
-  const int32_t* vertex;
+  const int32_t* begin;   // per part
+  const int32_t* target;  // per part
+  const int32_t* start;   // per vertex
   const int32_t* heavy;
   const int32_t* heavy_count;
 };
@@ -401,21 +411,17 @@ __device__ __forceinline__ __half2 stored(float2 sum) { return __floats2half2_rn
 // Σ over one part's entries of splat weight × q[pixel][c]: the vertex's value when it has one
 // part, else a partial sum for heavy_splat_kernel. Rows of q and of the values are `width` Ts.
 template <typename T>
-__global__ void part_splat_kernel(Parts parts, const int32_t* __restrict__ segment_start,
-                                  const float* __restrict__ splat_weight, const int32_t* __restrict__ splat_pixel,
-                                  const T* __restrict__ q, int32_t width, T* __restrict__ values,
-                                  typename SumOf<T>::type* __restrict__ partial) {
+__global__ void part_splat_kernel(Parts parts, const float* __restrict__ splat_weight,
+                                  const int32_t* __restrict__ splat_pixel, const T* __restrict__ q, int32_t width,
+                                  T* __restrict__ values, typename SumOf<T>::type* __restrict__ partial) {
   const int32_t total = *parts.total;
   SD_GRID_STRIDE(i, total * width) {
     const int32_t part = i / width, c = i % width;
-    const int32_t v = parts.vertex[part];
-    const int32_t first_part = parts.start[v];
-    const int32_t begin = segment_start[v] + (part - first_part) * kPartEntries;
-    const int32_t end = min(segment_start[v + 1], begin + kPartEntries);
+    const int32_t begin = parts.begin[part], end = parts.begin[part + 1], target = parts.target[part];
     typename SumOf<T>::type sum{};
     for (int32_t k = begin; k < end; ++k) add_weighted(sum, splat_weight[k], q[int64_t(splat_pixel[k]) * width + c]);
-    if (parts.start[v + 1] - first_part == 1) values[int64_t(v) * width + c] = stored(sum);
-    else partial[int64_t(part) * width + c] = sum;
+    if (target >= 0) values[int64_t(target) * width + c] = stored(sum);
+    else partial[int64_t(~target) * width + c] = sum;
   }
 }
 
@@ -859,8 +865,8 @@ class CudaCrf {
     SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), stream, L, lattice.part_count, lattice.heavy_vertices,
               lattice.heavy_count);
     SD_RETURN_IF_ERROR(scan(lattice, lattice.part_count, lattice.part_start, entries + 1, stream));
-    SD_LAUNCH(part_vertex_kernel<D>, blocks_for(entries), stream, L, lattice.part_start, lattice.part_vertex,
-              lattice.part_total);
+    SD_LAUNCH(part_kernel<D>, blocks_for(entries), stream, L, lattice.part_start, lattice.part_begin,
+              lattice.part_target, lattice.part_total);
 
     SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), stream, L, lattice.splat_weight, lattice.splat_pixel);
     SD_LAUNCH(fill_kernel, blocks_for(pixels_), stream, lattice.pre, pixels_, 1.0f);
@@ -881,11 +887,11 @@ class CudaCrf {
     const int64_t items = (int64_t(L.entries) + 1) * width;
     // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
     const int64_t heavy_items = (int64_t(L.entries) / (kPartEntries + 1) + 1) * width;
-    const Parts parts{lattice.part_total, lattice.part_start, lattice.part_vertex, lattice.heavy_vertices,
-                      lattice.heavy_count};
+    const Parts parts{lattice.part_total, lattice.part_begin, lattice.part_target,
+                      lattice.part_start, lattice.heavy_vertices, lattice.heavy_count};
     const auto partial = reinterpret_cast<typename SumOf<T>::type*>(lattice.partial);
-    SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), stream, parts, L.segment_start, lattice.splat_weight,
-              lattice.splat_pixel, q, width, values, partial);
+    SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), stream, parts, lattice.splat_weight, lattice.splat_pixel, q,
+              width, values, partial);
     SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), stream, parts, partial, width, values);
     return {};
   }
