@@ -386,39 +386,41 @@ struct Parts {
   const int32_t* heavy_count;
 };
 
-// The float32 sum of values stored as T: float (the row sums), or float16 pairs (class values).
+// Values stored as T in float32, for arithmetic: floats (the row sums) as they are, float16 pairs
+// (class values) as float2.
 template <typename T>
-struct SumOf {
+struct Float32Of {
   using type = float;
 };
 template <>
-struct SumOf<__half2> {
+struct Float32Of<__half2> {
   using type = float2;
 };
+__device__ __forceinline__ float widened(float value) { return value; }
+__device__ __forceinline__ float2 widened(__half2 value) { return __half22float2(value); }
+__device__ __forceinline__ float stored(float sum) { return sum; }
+__device__ __forceinline__ __half2 stored(float2 sum) { return __floats2half2_rn(sum.x, sum.y); }
+
 __device__ __forceinline__ void add_weighted(float& sum, float weight, float value) { sum += weight * value; }
-__device__ __forceinline__ void add_weighted(float2& sum, float weight, __half2 value) {
-  const float2 v = __half22float2(value);
-  sum.x += weight * v.x;
-  sum.y += weight * v.y;
-}
 __device__ __forceinline__ void add_weighted(float2& sum, float weight, float2 value) {
   sum.x += weight * value.x;
   sum.y += weight * value.y;
 }
-__device__ __forceinline__ float stored(float sum) { return sum; }
-__device__ __forceinline__ __half2 stored(float2 sum) { return __floats2half2_rn(sum.x, sum.y); }
+__device__ __forceinline__ void add_weighted(float2& sum, float weight, __half2 value) {
+  add_weighted(sum, weight, widened(value));
+}
 
 // Σ over one part's entries of splat weight × q[pixel][c]: the vertex's value when it has one
 // part, else a partial sum for heavy_splat_kernel. Rows of q and of the values are `width` Ts.
 template <typename T>
 __global__ void part_splat_kernel(Parts parts, const float* __restrict__ splat_weight,
                                   const int32_t* __restrict__ splat_pixel, const T* __restrict__ q, int32_t width,
-                                  T* __restrict__ values, typename SumOf<T>::type* __restrict__ partial) {
+                                  T* __restrict__ values, typename Float32Of<T>::type* __restrict__ partial) {
   const int32_t total = *parts.total;
   SD_GRID_STRIDE(i, total * width) {
     const int32_t part = i / width, c = i % width;
     const int32_t begin = parts.begin[part], end = parts.begin[part + 1], target = parts.target[part];
-    typename SumOf<T>::type sum{};
+    typename Float32Of<T>::type sum{};
     for (int32_t k = begin; k < end; ++k) add_weighted(sum, splat_weight[k], q[int64_t(splat_pixel[k]) * width + c]);
     if (target >= 0) values[int64_t(target) * width + c] = stored(sum);
     else partial[int64_t(~target) * width + c] = sum;
@@ -426,54 +428,60 @@ __global__ void part_splat_kernel(Parts parts, const float* __restrict__ splat_w
 }
 
 template <typename T>
-__global__ void heavy_splat_kernel(Parts parts, const typename SumOf<T>::type* __restrict__ partial, int32_t width,
+__global__ void heavy_splat_kernel(Parts parts, const typename Float32Of<T>::type* __restrict__ partial, int32_t width,
                                    T* __restrict__ values) {
   const int32_t heavy = *parts.heavy_count;
   SD_GRID_STRIDE(i, heavy * width) {
     const int32_t v = parts.heavy[i / width], c = i % width;
-    typename SumOf<T>::type sum{};
+    typename Float32Of<T>::type sum{};
     for (int32_t part = parts.start[v]; part < parts.start[v + 1]; ++part)
       add_weighted(sum, 1.0f, partial[int64_t(part) * width + c]);
     values[int64_t(v) * width + c] = stored(sum);
   }
 }
 
-// One blur step of a value from its neighbours', in float32 whatever the storage.
+// One blur step of a value from its neighbours'.
 __device__ __forceinline__ float blend(float self, float lower, float upper) { return self + 0.5f * (lower + upper); }
-__device__ __forceinline__ __half2 blend(__half2 self, __half2 lower, __half2 upper) {
-  const float2 s = __half22float2(self), l = __half22float2(lower), u = __half22float2(upper);
-  return __floats2half2_rn(blend(s.x, l.x, u.x), blend(s.y, l.y, u.y));
+__device__ __forceinline__ float2 blend(float2 self, float2 lower, float2 upper) {
+  return make_float2(blend(self.x, lower.x, upper.x), blend(self.y, lower.y, upper.y));
 }
 
 // One blur pass along an axis, from `source` into `target`, over rows of `width` Ts (floats for
-// the row sums, float16 pairs for the class values). Each thread walks kSequenceSegment places of
-// the axis's sequence, reading each row once and carrying the previous one: along a chain a
-// vertex's lower neighbour is the row before it, its upper one the row after (zero at a chain's
-// ends); the rows just outside the segment are read when they are linked to it.
+// the row sums, float16 pairs for the class values). Each thread takes kSequenceSegment places of
+// the axis's sequence and one column: along a chain a vertex's lower neighbour is the place before
+// it and its upper one the place after (zero at a chain's ends), so the thread reads each row of
+// its places once, and the rows just outside when they are linked to its first or last place.
+// All places, then all rows, are loaded before any is used, so that their latencies overlap.
 constexpr int32_t kSequenceSegment = 8;
 
 template <typename T>
 __global__ void sequence_blur_kernel(const int32_t* __restrict__ vertex_count, const int32_t* __restrict__ sequences,
                                      int axis, const T* __restrict__ source, int32_t width, T* __restrict__ target) {
+  constexpr int kPlaces = kSequenceSegment + 2;  // with the one before and the one after
   const int32_t vertices = *vertex_count;
   const int32_t* sequence = sequences + int64_t(axis) * vertices;
   const int32_t segments = (vertices + kSequenceSegment - 1) / kSequenceSegment;
-  const T zero{};
+  using Value = typename Float32Of<T>::type;
+  const Value zero{};
   SD_GRID_STRIDE(i, segments * width) {
-    const int32_t c = i % width, begin = i / width * kSequenceSegment;
-    const int32_t end = min(begin + kSequenceSegment, vertices);
-    const auto value = [&](int32_t code) { return source[int64_t(code & ~kLinked) * width + c]; };
-    int32_t code = sequence[begin];
-    T lower = code & kLinked ? value(sequence[begin - 1]) : zero;
-    T self = value(code);
-    for (int32_t k = begin; k < end; ++k) {
-      const int32_t next = k + 1 < vertices ? sequence[k + 1] : 0;
-      const bool linked = next & kLinked;
-      const T after = k + 1 < end || linked ? value(next) : zero;
-      target[int64_t(code & ~kLinked) * width + c] = blend(self, lower, linked ? after : zero);
-      lower = linked ? self : zero;
-      self = after;
-      code = next;
+    const int32_t c = i % width, before = i / width * kSequenceSegment - 1;
+    const int32_t count = min(kSequenceSegment, vertices - before - 1);
+    int32_t code[kPlaces];  // places before .. before + kPlaces - 1; 0 (not linked) outside the list
+#pragma unroll
+    for (int j = 0; j < kPlaces; ++j) code[j] = before + j >= 0 && before + j < vertices ? sequence[before + j] : 0;
+    Value value[kPlaces];
+#pragma unroll
+    for (int j = 0; j < kPlaces; ++j) {
+      const bool outer_linked = (j == 0 && (code[1] & kLinked)) || (j == count + 1 && (code[j] & kLinked));
+      const bool needed = (j >= 1 && j <= count) || outer_linked;
+      value[j] = needed ? widened(source[int64_t(code[j] & ~kLinked) * width + c]) : zero;
+    }
+#pragma unroll
+    for (int j = 1; j <= kSequenceSegment; ++j) {
+      if (j > count) break;
+      const Value lower = code[j] & kLinked ? value[j - 1] : zero;
+      const Value upper = code[j + 1] & kLinked ? value[j + 1] : zero;
+      target[int64_t(code[j] & ~kLinked) * width + c] = stored(blend(value[j], lower, upper));
     }
   }
 }
@@ -889,7 +897,7 @@ class CudaCrf {
     const int64_t heavy_items = (int64_t(L.entries) / (kPartEntries + 1) + 1) * width;
     const Parts parts{lattice.part_total, lattice.part_begin, lattice.part_target,
                       lattice.part_start, lattice.heavy_vertices, lattice.heavy_count};
-    const auto partial = reinterpret_cast<typename SumOf<T>::type*>(lattice.partial);
+    const auto partial = reinterpret_cast<typename Float32Of<T>::type*>(lattice.partial);
     SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), stream, parts, lattice.splat_weight, lattice.splat_pixel, q,
               width, values, partial);
     SD_LAUNCH(heavy_splat_kernel<T>, blocks_for(heavy_items), stream, parts, partial, width, values);
