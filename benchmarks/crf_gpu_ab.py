@@ -3,11 +3,12 @@
 its ratio to the first build.
 
 CUDA builds compile without a GPU, so a change is measured in one GPU session: build the main
-branch's library and the change's on the development machine (nvcc needs no GPU), carry both to
-the GPU machine and compare them in one run:
+branch's library and the change's on the development machine (nvcc needs no GPU;
+benchmarks/build_kernels_at.sh builds commits), carry both to the GPU machine and compare them in
+one run:
 
-    python benchmarks/crf_gpu_ab.py main/libsegdeploy_kernels.so change/libsegdeploy_kernels.so \\
-        --image astronaut.npy
+    CUDA_ARCH=90 bash benchmarks/build_kernels_at.sh builds main change-branch   # here
+    python benchmarks/crf_gpu_ab.py builds/*/libsegdeploy_kernels.so --image astronaut.npy   # there
 """
 
 from __future__ import annotations

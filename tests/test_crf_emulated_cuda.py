@@ -97,12 +97,23 @@ def test_crf_benchmark_times_and_profiles_the_cuda_kernels(emulated_library, tmp
 
 
 def test_gpu_ab_compares_builds(emulated_library, tmp_path):
-    """benchmarks/crf_gpu_ab.py, as a GPU session would run it on two builds (here one build twice)."""
+    """benchmarks/build_kernels_at.sh then benchmarks/crf_gpu_ab.py, as a GPU session would use them
+    on builds of two commits (here the fixture's build and one of HEAD, both emulated)."""
     skimage_data = pytest.importorskip("skimage.data")
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
     np.save(tmp_path / "photo.npy", np.ascontiguousarray(skimage_data.astronaut()[96:120, 200:224]))
-    second = tmp_path / "change" / emulated_library.name
-    second.parent.mkdir()
-    shutil.copy(emulated_library, second)
+    def worktrees() -> str:
+        return subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+
+    before = worktrees()
+    env = {**os.environ, "TARGET": "segdeploy_kernels_emulated_cuda",
+           "CMAKE_ARGS": "-DSEGDEPLOY_WITH_CUDA=OFF -DSEGDEPLOY_BUILD_TESTS=ON"}
+    built = subprocess.run(["bash", "benchmarks/build_kernels_at.sh", str(tmp_path / "builds"), "HEAD"],
+                           capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (second,) = (tmp_path / "builds").glob("*/libsegdeploy_kernels.so")
+    assert worktrees() == before  # the script's worktree is gone
     result = run_python(emulated_library, "benchmarks/crf_gpu_ab.py", str(emulated_library), str(second),
                         "--rounds", "1", "--repeats", "1", "--image", str(tmp_path / "photo.npy"))
     assert result.returncode == 0, result.stderr[-3000:]
