@@ -7,8 +7,9 @@ branch's library and the change's on the development machine (nvcc needs no GPU;
 benchmarks/build_kernels_at.sh builds commits), carry both to the GPU machine and compare them in
 one run:
 
-    CUDA_ARCH=90 bash benchmarks/build_kernels_at.sh builds main change-branch   # here
-    python benchmarks/crf_gpu_ab.py builds/*/libsegdeploy_kernels.so --image astronaut.npy   # there
+    CUDA_ARCH=90 bash benchmarks/build_kernels_at.sh builds ceca877 0b6169d   # here
+    python benchmarks/crf_gpu_ab.py builds/{ceca877,0b6169d}/libsegdeploy_kernels.so \\
+        --image astronaut.npy   # there; the first build is the baseline
 """
 
 from __future__ import annotations
