@@ -255,22 +255,21 @@ __global__ void insert_kernel(LatticeArrays<D> L) {
 }
 
 template <int D>
-__global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* entry_index) {
-  SD_GRID_STRIDE(entry, L.entries) {
-    flags[entry] = owns_key<D>(L, entry);
-    entry_index[entry] = entry;
+// Also zeroes what later steps count into: the vertex sizes and the heavy vertices.
+__global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* entry_index, int32_t* heavy_count) {
+  SD_GRID_STRIDE(entry, L.entries + 1) {
+    flags[entry] = entry < L.entries ? owns_key<D>(L, entry) : 0;
+    if (entry < L.entries) entry_index[entry] = entry;
+    L.vertex_size[entry] = 0;
   }
-}
-
-// The scan ran over entries + 1 items (the last flag is 0), so its last value is M.
-template <int D>
-__global__ void vertex_count_kernel(LatticeArrays<D> L) {
-  if (threadIdx.x == 0) *L.vertex_count = L.owner_rank[L.entries];
+  if (blockIdx.x == 0 && threadIdx.x == 0) *heavy_count = 0;
 }
 
 template <int D>
 __global__ void assign_kernel(LatticeArrays<D> L) {
   SD_GRID_STRIDE(entry, L.entries) assign_vertex<D>(L, entry);
+  // The scan ran over entries + 1 flags (the last one 0), so its last value is M.
+  if (blockIdx.x == 0 && threadIdx.x == 0) *L.vertex_count = L.owner_rank[L.entries];
 }
 
 template <int D>
@@ -338,8 +337,9 @@ template <int D>
 __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32_t* heavy_vertices,
                                   int32_t* heavy_count) {
   const int32_t vertices = *L.vertex_count;
-  SD_GRID_STRIDE(v, vertices) {
-    const int32_t parts = (L.segment_start[v + 1] - L.segment_start[v] + kPartEntries - 1) / kPartEntries;
+  SD_GRID_STRIDE(v, L.entries + 1) {  // zero past M, for the scan
+    const int32_t parts =
+        v < vertices ? (L.segment_start[v + 1] - L.segment_start[v] + kPartEntries - 1) / kPartEntries : 0;
     part_count[v] = parts;
     if (parts > 1) heavy_vertices[atomicAdd(heavy_count, 1)] = v;
   }
@@ -364,17 +364,15 @@ __global__ void part_kernel(LatticeArrays<D> L, const int32_t* part_start, int32
 
 // ---- filtering -----------------------------------------------------------------------------
 
+// Also fills `ones` (a value per pixel): their filtering gives the normalisation.
 template <int D>
-__global__ void splat_order_kernel(LatticeArrays<D> L, float* splat_weight, int32_t* splat_pixel) {
+__global__ void splat_order_kernel(LatticeArrays<D> L, float* splat_weight, int32_t* splat_pixel, float* ones) {
   SD_GRID_STRIDE(k, L.entries) {
     const int32_t entry = L.segment_entry[k];
     splat_weight[k] = L.barycentric[entry];
     splat_pixel[k] = entry / (D + 1);
+    if (k < L.pixels) ones[k] = 1.0f;
   }
-}
-
-__global__ void fill_kernel(float* values, int32_t count, float value) {
-  SD_GRID_STRIDE(i, count) values[i] = value;
 }
 
 struct Parts {
@@ -845,11 +843,9 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: embed"));
     SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot), stream));
     SD_LAUNCH(insert_kernel<D>, blocks_for(entries), stream, L);
-    SD_RETURN_IF_ERROR(memset(lattice.owner_flag + entries, 0, sizeof(int32_t), stream));
-    SD_LAUNCH(owner_flag_kernel<D>, blocks_for(entries), stream, L, lattice.owner_flag, lattice.entry_index);
+    SD_LAUNCH(owner_flag_kernel<D>, blocks_for(entries), stream, L, lattice.owner_flag, lattice.entry_index,
+              lattice.heavy_count);
     SD_RETURN_IF_ERROR(scan(lattice, lattice.owner_flag, L.owner_rank, entries + 1, stream));
-    SD_LAUNCH(vertex_count_kernel<D>, 1, stream, L);
-    SD_RETURN_IF_ERROR(memset(L.vertex_size, 0, (size_t(entries) + 1) * sizeof(int32_t), stream));
     SD_LAUNCH(assign_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), stream, L);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: hash, number"));
@@ -868,16 +864,14 @@ class CudaCrf {
     SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_start, lattice.sequences);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours, chains"));
 
-    SD_RETURN_IF_ERROR(memset(lattice.part_count, 0, (size_t(entries) + 1) * sizeof(int32_t), stream));
-    SD_RETURN_IF_ERROR(memset(lattice.heavy_count, 0, sizeof(int32_t), stream));
     SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), stream, L, lattice.part_count, lattice.heavy_vertices,
               lattice.heavy_count);
     SD_RETURN_IF_ERROR(scan(lattice, lattice.part_count, lattice.part_start, entries + 1, stream));
     SD_LAUNCH(part_kernel<D>, blocks_for(entries), stream, L, lattice.part_start, lattice.part_begin,
               lattice.part_target, lattice.part_total);
 
-    SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), stream, L, lattice.splat_weight, lattice.splat_pixel);
-    SD_LAUNCH(fill_kernel, blocks_for(pixels_), stream, lattice.pre, pixels_, 1.0f);
+    SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), stream, L, lattice.splat_weight, lattice.splat_pixel,
+              lattice.pre);
     const float* row_sum = nullptr;
     SD_RETURN_IF_ERROR(splat(lattice, static_cast<const float*>(lattice.pre), 1, lattice.row_values, stream));
     SD_RETURN_IF_ERROR(blur(lattice, 1, lattice.row_values, lattice.row_scratch, &row_sum, stream));
