@@ -65,7 +65,8 @@ struct DeviceLattice {
   int32_t* part_target;     // [entries]: each part's vertex when it is the vertex's only part, else ~part
   int32_t* part_total;      // [1]
   int32_t* heavy_vertices;  // [entries]: vertices with more than one part
-  int32_t* heavy_count;     // [1]
+  int32_t* heavy_count;     // [2]: heavy vertices, their parts
+  int32_t* partial_base;    // [entries]: a heavy vertex's first row in `partial`
   float* splat_weight;      // [entries], segment order
   int32_t* splat_pixel;     // [entries], segment order
   float* slice_weight;      // [entries], entry order
@@ -77,7 +78,7 @@ struct DeviceLattice {
   // The arithmetic is float32; the row sums of the normalisation stay float32 throughout.
   __half* values;           // [(entries + 1) * row_width]
   __half* scratch;          // same size: the blur ping-pongs between the two
-  float* partial;           // [(entries + 1) * row_width]: partial sums of heavy vertices' parts
+  float* partial;           // [(heavy_parts + 1) * row_width]: partial sums of heavy vertices' parts
   float* row_values;        // [entries + 1]: the row sums' splat and blur (float32)
   float* row_scratch;       // [entries + 1]
   float* pre;               // [pixels]
@@ -127,6 +128,9 @@ Error cub_scratch_bytes(int64_t entries, int64_t scanned, size_t& bytes) {
   return {};
 }
 
+// A heavy vertex has n > kPartEntries entries in ceil(n / kPartEntries) < 2n / kPartEntries parts.
+int64_t max_heavy_parts(int64_t entries) { return 2 * entries / kPartEntries; }
+
 template <int D>
 Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattice<D>& out) {
   const int64_t entries = int64_t(pixels) * (D + 1);
@@ -157,7 +161,8 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.part_target = carver.take<int32_t>(entries);
   out.part_total = carver.take<int32_t>(1);
   out.heavy_vertices = carver.take<int32_t>(entries);
-  out.heavy_count = carver.take<int32_t>(1);
+  out.heavy_count = carver.take<int32_t>(2);
+  out.partial_base = carver.take<int32_t>(entries);
   out.splat_weight = carver.take<float>(entries);
   out.splat_pixel = carver.take<int32_t>(entries);
   out.slice_weight = carver.take<float>(entries);
@@ -165,7 +170,7 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.sequences = carver.take<int32_t>(entries * (D + 1));
   out.values = carver.take<__half>((entries + 1) * row_width(classes));
   out.scratch = carver.take<__half>((entries + 1) * row_width(classes));
-  out.partial = carver.take<float>((entries + 1) * row_width(classes));
+  out.partial = carver.take<float>((max_heavy_parts(entries) + 1) * row_width(classes));
   out.row_values = carver.take<float>(entries + 1);
   out.row_scratch = carver.take<float>(entries + 1);
   out.pre = carver.take<float>(pixels);
@@ -262,7 +267,7 @@ __global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* e
     if (entry < L.entries) entry_index[entry] = entry;
     L.vertex_size[entry] = 0;
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) *heavy_count = 0;
+  if (blockIdx.x == 0 && threadIdx.x == 0) heavy_count[0] = heavy_count[1] = 0;
 }
 
 template <int D>
@@ -335,25 +340,27 @@ __global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_start, 
 // Splits every vertex's segment into parts of at most kPartEntries entries; lists the heavy ones.
 template <int D>
 __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32_t* heavy_vertices,
-                                  int32_t* heavy_count) {
+                                  int32_t* heavy_count, int32_t* partial_base) {
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, L.entries + 1) {  // zero past M, for the scan
     const int32_t parts =
         v < vertices ? (L.segment_start[v + 1] - L.segment_start[v] + kPartEntries - 1) / kPartEntries : 0;
     part_count[v] = parts;
-    if (parts > 1) heavy_vertices[atomicAdd(heavy_count, 1)] = v;
+    if (parts == 1) continue;
+    heavy_vertices[atomicAdd(&heavy_count[0], 1)] = v;
+    partial_base[v] = atomicAdd(&heavy_count[1], parts);  // where, is of no consequence to the sums
   }
 }
 
 template <int D>
-__global__ void part_kernel(LatticeArrays<D> L, const int32_t* part_start, int32_t* part_begin, int32_t* part_target,
-                            int32_t* part_total) {
+__global__ void part_kernel(LatticeArrays<D> L, const int32_t* part_start, const int32_t* partial_base,
+                            int32_t* part_begin, int32_t* part_target, int32_t* part_total) {
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, vertices) {
     const int32_t first = part_start[v], end = part_start[v + 1];
     for (int32_t part = first; part < end; ++part) {
       part_begin[part] = L.segment_start[v] + (part - first) * kPartEntries;
-      part_target[part] = end - first == 1 ? v : ~part;
+      part_target[part] = end - first == 1 ? v : ~(partial_base[v] + part - first);
     }
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) {
@@ -377,9 +384,10 @@ __global__ void splat_order_kernel(LatticeArrays<D> L, float* splat_weight, int3
 
 struct Parts {
   const int32_t* total;
-  const int32_t* begin;   // per part
-  const int32_t* target;  // per part
-  const int32_t* start;   // per vertex
+  const int32_t* begin;         // per part
+  const int32_t* target;        // per part
+  const int32_t* start;         // per vertex
+  const int32_t* partial_base;  // per vertex
   const int32_t* heavy;
   const int32_t* heavy_count;
 };
@@ -431,9 +439,9 @@ __global__ void heavy_splat_kernel(Parts parts, const typename Float32Of<T>::typ
   const int32_t heavy = *parts.heavy_count;
   SD_GRID_STRIDE(i, heavy * width) {
     const int32_t v = parts.heavy[i / width], c = i % width;
+    const int32_t base = parts.partial_base[v], count = parts.start[v + 1] - parts.start[v];
     typename Float32Of<T>::type sum{};
-    for (int32_t part = parts.start[v]; part < parts.start[v + 1]; ++part)
-      add_weighted(sum, 1.0f, partial[int64_t(part) * width + c]);
+    for (int32_t k = 0; k < count; ++k) add_weighted(sum, 1.0f, partial[int64_t(base + k) * width + c]);
     values[int64_t(v) * width + c] = stored(sum);
   }
 }
@@ -865,10 +873,10 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours, chains"));
 
     SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), stream, L, lattice.part_count, lattice.heavy_vertices,
-              lattice.heavy_count);
+              lattice.heavy_count, lattice.partial_base);
     SD_RETURN_IF_ERROR(scan(lattice, lattice.part_count, lattice.part_start, entries + 1, stream));
-    SD_LAUNCH(part_kernel<D>, blocks_for(entries), stream, L, lattice.part_start, lattice.part_begin,
-              lattice.part_target, lattice.part_total);
+    SD_LAUNCH(part_kernel<D>, blocks_for(entries), stream, L, lattice.part_start, lattice.partial_base,
+              lattice.part_begin, lattice.part_target, lattice.part_total);
 
     SD_LAUNCH(splat_order_kernel<D>, blocks_for(entries), stream, L, lattice.splat_weight, lattice.splat_pixel,
               lattice.pre);
@@ -889,8 +897,8 @@ class CudaCrf {
     const int64_t items = (int64_t(L.entries) + 1) * width;
     // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
     const int64_t heavy_items = (int64_t(L.entries) / (kPartEntries + 1) + 1) * width;
-    const Parts parts{lattice.part_total, lattice.part_begin, lattice.part_target,
-                      lattice.part_start, lattice.heavy_vertices, lattice.heavy_count};
+    const Parts parts{lattice.part_total,   lattice.part_begin,     lattice.part_target, lattice.part_start,
+                      lattice.partial_base, lattice.heavy_vertices, lattice.heavy_count};
     const auto partial = reinterpret_cast<typename Float32Of<T>::type*>(lattice.partial);
     SD_LAUNCH(part_splat_kernel<T>, blocks_for(items), stream, parts, lattice.splat_weight, lattice.splat_pixel, q,
               width, values, partial);
