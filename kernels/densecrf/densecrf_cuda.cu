@@ -348,7 +348,7 @@ __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32
     part_count[v] = parts;
     if (parts == 1) continue;
     heavy_vertices[atomicAdd(&heavy_count[0], 1)] = v;
-    partial_base[v] = atomicAdd(&heavy_count[1], parts);  // where, is of no consequence to the sums
+    partial_base[v] = atomicAdd(&heavy_count[1], parts);  // any place: the sums do not change
   }
 }
 
