@@ -1,8 +1,8 @@
 // CUDA driver of the dense CRF. Everything is enqueued on the caller's stream, or on a side
 // stream forked from it and joined back (the spatial lattice's work, see CudaCrf); the lattice size
-// is known on the device only, so kernels that run over vertices read it there and loop over a
-// grid sized for the worst case. The host never waits, except once before the iterations when
-// the caller asks for the unary to be checked for NaN/inf.
+// is known on the device only, so kernels that run over vertices read it there, and every kernel
+// loops over a grid of the blocks that the GPU runs at once. The host never waits, except once
+// before the iterations when the caller asks for the unary to be checked for NaN/inf.
 //
 // The workspace holds every array at its worst-case size (each entry its own vertex), so one
 // allocation per image size serves every call; its layout is computed by Layout below.
@@ -36,15 +36,12 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
-constexpr int64_t kMaxBlocks = 8192;  // grid-stride loops cover the rest
 constexpr int32_t kPartEntries = 64;
 constexpr unsigned long long kNoBadValue = ULLONG_MAX;
 
 // Class rows of the lattice hold an even number of halves (a zero pads odd class counts), so
 // that the blur moves them in pairs.
 SD_HOST_DEVICE int32_t row_width(int32_t classes) { return (classes + 1) / 2 * 2; }
-
-int blocks_for(int64_t items) { return int(std::max<int64_t>(1, std::min((items + kThreads - 1) / kThreads, kMaxBlocks))); }
 
 // Indices fit in int32: sd_crf_cuda checks that (entries + 1) * classes does.
 #define SD_GRID_STRIDE(index, count) \
@@ -754,9 +751,15 @@ Error side_stream(int device, const SideStream** out) {
 // everything runs on the caller's stream in the same order.
 class CudaCrf {
  public:
-  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, cudaStream_t stream,
+  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, int resident_blocks, cudaStream_t stream,
           const SideStream* side = nullptr)
-      : p_(params), io_(io), w_(layout), stream_(stream), side_(side), pixels_(int32_t(pixel_count(io))) {}
+      : p_(params),
+        io_(io),
+        w_(layout),
+        resident_blocks_(resident_blocks),
+        stream_(stream),
+        side_(side),
+        pixels_(int32_t(pixel_count(io))) {}
 
   Error check_unary_on_host() {
     SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long), stream_));
@@ -892,7 +895,7 @@ class CudaCrf {
 
   // Splats rows of `width` Ts (q) into rows of `width` Ts (the values).
   template <int D, typename T>
-  static Error splat(DeviceLattice<D>& lattice, const T* q, int32_t width, T* values, cudaStream_t stream) {
+  Error splat(DeviceLattice<D>& lattice, const T* q, int32_t width, T* values, cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + 1) * width;
     // A heavy vertex has more than kPartEntries entries: the grid need not cover more of them.
@@ -909,7 +912,7 @@ class CudaCrf {
   // Blurs rows of `width` items along every axis, ping-ponging between `values` and `scratch`;
   // *result is the buffer holding the result.
   template <int D, typename T>
-  static Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result,
+  Error blur(DeviceLattice<D>& lattice, int32_t width, T* values, T* scratch, const T** result,
                     cudaStream_t stream) {
     const LatticeArrays<D>& L = lattice.arrays;
     const int64_t items = (int64_t(L.entries) + kSequenceSegment - 1) / kSequenceSegment * width;
@@ -942,7 +945,7 @@ class CudaCrf {
   Error slice_softmax(const SliceSource<kSpatialDims>& spatial, const SliceSource<kBilateralDims>& bilateral,
                       const Outputs& outputs) {
     constexpr int kPixelsPerBlock = kWarpsPerBlock * kPixelsPerWarp;
-    const int blocks = int(std::min<int64_t>((pixels_ + kPixelsPerBlock - 1) / kPixelsPerBlock, kMaxBlocks));
+    const int blocks = blocks_for((int64_t(pixels_) + kPixelsPerBlock - 1) / kPixelsPerBlock * kThreads);
     const int pairs_per_lane = (row_width(io_.classes) / 2 + kLanesPerPixel - 1) / kLanesPerPixel;
     static_assert(kMaxCudaClasses <= 2 * kLanesPerPixel * 8, "slice_softmax_kernel<8> covers every class count");
     const auto slice_kernel = pairs_per_lane <= 1   ? slice_softmax_kernel<1>
@@ -953,9 +956,17 @@ class CudaCrf {
     return profile_.mark(spatial.entry_vertex || bilateral.entry_vertex ? "slice, softmax" : "first softmax");
   }
 
+  // Blocks for a grid-stride kernel over `items`: at most what the GPU holds at once. Most
+  // kernels run over the lattice's vertices, whose number only the device knows, on a grid sized
+  // for the worst case: larger, most of its blocks would only start and exit.
+  int blocks_for(int64_t items) const {
+    return int(std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, resident_blocks_)));
+  }
+
   const sd_crf_params& p_;
   const sd_crf_io& io_;
   Layout& w_;
+  int resident_blocks_;
   cudaStream_t stream_;
   const SideStream* side_;
   int32_t pixels_;
@@ -1069,6 +1080,18 @@ bool graphs_allowed(cudaStream_t stream) {
   return status == cudaStreamCaptureStatusNone;
 }
 
+// Blocks of kThreads that `device` runs at once (when registers allow).
+Error resident_blocks(int device, int* blocks) {
+  int processors = 0, threads_per_processor = 0;
+  SD_RETURN_IF_ERROR(cuda_error(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device),
+                                "cudaDeviceGetAttribute"));
+  SD_RETURN_IF_ERROR(cuda_error(
+      cudaDeviceGetAttribute(&threads_per_processor, cudaDevAttrMaxThreadsPerMultiProcessor, device),
+      "cudaDeviceGetAttribute"));
+  *blocks = std::max(1, processors * (threads_per_processor / kThreads));
+  return {};
+}
+
 GraphCache& graph_cache() {
   static GraphCache* cache = new GraphCache;  // never destroyed: CUDA may be gone at exit
   return *cache;
@@ -1104,15 +1127,17 @@ extern "C" int sd_crf_cuda(const sd_crf_params* params, const sd_crf_io* io, voi
       return segdeploy::invalid("workspace of ", workspace_bytes, " bytes is too small: sd_crf_cuda_workspace_bytes says ",
                                 layout.bytes);
     const cudaStream_t caller_stream = static_cast<cudaStream_t>(stream);
-    if (check_finite) SD_RETURN_IF_ERROR(CudaCrf(*params, *io, layout, caller_stream).check_unary_on_host());
-    // While profiling, and on a stream that the caller is capturing, the kernels go on that stream
-    // alone, in order (nothing is created during the caller's capture).
-    if (!graphs_allowed(caller_stream)) return CudaCrf(*params, *io, layout, caller_stream).run();
     CallKey key{0, *params, *io, workspace, workspace_bytes};
     SD_RETURN_IF_ERROR(segdeploy::cuda_error(cudaGetDevice(&key.device), "cudaGetDevice"));
+    int blocks = 0;
+    SD_RETURN_IF_ERROR(resident_blocks(key.device, &blocks));
+    if (check_finite) SD_RETURN_IF_ERROR(CudaCrf(*params, *io, layout, blocks, caller_stream).check_unary_on_host());
+    // While profiling, and on a stream that the caller is capturing, the kernels go on that stream
+    // alone, in order (nothing is created during the caller's capture).
+    if (!graphs_allowed(caller_stream)) return CudaCrf(*params, *io, layout, blocks, caller_stream).run();
     const SideStream* side = nullptr;
     SD_RETURN_IF_ERROR(side_stream(key.device, &side));
-    const auto enqueue = [&](cudaStream_t on) { return CudaCrf(*params, *io, layout, on, side).run(); };
+    const auto enqueue = [&](cudaStream_t on) { return CudaCrf(*params, *io, layout, blocks, on, side).run(); };
     return graph_cache().run(key, caller_stream, enqueue);
   });
 }
