@@ -224,14 +224,31 @@ __global__ void find_bad_unary_kernel(const void* unary, int32_t dtype, int32_t 
     if (!unary_value_ok(load_unary(unary, dtype, i), kind)) atomicMin(first_bad, static_cast<unsigned long long>(i));
 }
 
-// One image's planar (classes, pixels) input to pixel-major log-probability rows (of even width).
+// One image's planar (classes, pixels) input to pixel-major log-probability rows of even width
+// (a zero after odd class counts), a tile of pixels at a time through shared memory, so that the
+// reads (a class's pixels) and the writes (the pixels' rows) are both contiguous.
+constexpr int32_t kTilePixels = 32;
+
 __global__ void load_log_prob_kernel(const void* unary, int32_t dtype, int32_t kind, int64_t base, int32_t classes,
                                      int32_t pixels, float* log_prob, unsigned long long* first_bad) {
-  SD_GRID_STRIDE(i, classes * pixels) {
-    const float value = load_unary(unary, dtype, base + i);
-    if (!unary_value_ok(value, kind)) atomicMin(first_bad, static_cast<unsigned long long>(base + i));
-    const int32_t c = i / pixels, pixel = i % pixels;
-    log_prob[int64_t(pixel) * row_width(classes) + c] = log_prob_from_unary(value, kind);
+  __shared__ float tile[kMaxCudaClasses][kTilePixels + 1];  // + 1: a pixel's classes fall in distinct banks
+  const int32_t width = row_width(classes), tiles = (pixels + kTilePixels - 1) / kTilePixels;
+  for (int32_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int32_t first = t * kTilePixels, count = min(kTilePixels, pixels - first);
+    for (int32_t i = threadIdx.x; i < classes * kTilePixels; i += blockDim.x) {
+      const int32_t c = i / kTilePixels, p = i % kTilePixels;
+      if (p >= count) continue;
+      const int64_t index = base + int64_t(c) * pixels + first + p;
+      const float value = load_unary(unary, dtype, index);
+      if (!unary_value_ok(value, kind)) atomicMin(first_bad, static_cast<unsigned long long>(index));
+      tile[c][p] = log_prob_from_unary(value, kind);
+    }
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < count * width; i += blockDim.x) {
+      const int32_t p = i / width, c = i % width;
+      log_prob[int64_t(first) * width + i] = c < classes ? tile[c][p] : 0.0f;
+    }
+    __syncthreads();  // before the next tile overwrites this one
   }
 }
 
@@ -798,7 +815,7 @@ class CudaCrf {
     for (int32_t image = 0; image < io_.batch; ++image) {
       const int64_t image_values = int64_t(io_.classes) * pixels_;
       SD_RETURN_IF_ERROR(memset(w_.first_bad, 0xff, sizeof(unsigned long long), stream_));
-      SD_LAUNCH(load_log_prob_kernel, blocks_for(image_values), stream_, io_.unary, io_.unary_dtype, io_.unary_kind,
+      SD_LAUNCH(load_log_prob_kernel, blocks_for((int64_t(pixels_) + kTilePixels - 1) / kTilePixels * kThreads), stream_, io_.unary, io_.unary_dtype, io_.unary_kind,
                 image * image_values, io_.classes, pixels_, w_.log_prob, w_.first_bad);
       SD_RETURN_IF_ERROR(profile_.mark("unary load"));
       if (bilateral) {

@@ -1,5 +1,5 @@
-// The host side of cuda_emulation.h: warps as coroutines, and the CUDA runtime calls of the
-// dense CRF's driver acting on host memory.
+// The host side of cuda_emulation.h: blocks' threads as coroutines, and the CUDA runtime calls of
+// the dense CRF's driver acting on host memory.
 #include "cuda_emulation.h"
 
 #include <ucontext.h>
@@ -26,97 +26,116 @@ namespace segdeploy::emulation {
 namespace {
 
 constexpr int kWarpSize = 32;
+constexpr int kMaxBlockThreads = 1024;
 constexpr size_t kStackBytes = 256 * 1024;
 
-// One warp: its lanes run in turn, each until it reaches a shuffle or ends.
-struct Warp {
+enum class ThreadState { kRunnable, kAtShuffle, kAtBarrier, kFinished };
+
+// One block: its threads run in turn, each until it reaches a shuffle or a barrier, or ends.
+struct Block {
   ucontext_t scheduler;
-  ucontext_t lanes[kWarpSize];
-  std::unique_ptr<char[]> stacks[kWarpSize];
-  bool waiting[kWarpSize];
-  bool finished[kWarpSize];
-  uint32_t posted[kWarpSize];     // what each lane passed to the shuffle it waits at
-  uint32_t delivered[kWarpSize];  // the same, once every lane has arrived
+  ucontext_t threads[kMaxBlockThreads];
+  std::unique_ptr<char[]> stacks[kMaxBlockThreads];
+  ThreadState state[kMaxBlockThreads];
+  uint32_t posted[kMaxBlockThreads];     // what each thread passed to the shuffle it waits at
+  uint32_t delivered[kMaxBlockThreads];  // the same, once its whole warp has arrived
   const std::function<void()>* thread = nullptr;
-  unsigned first_thread = 0;  // threadIdx.x of lane 0
-  bool shuffled = false;      // a lane reached a shuffle
+  int size = 0;
+  bool met = false;  // a thread reached a shuffle or a barrier
 };
 
-thread_local Warp* current_warp = nullptr;
-thread_local int current_lane = 0;
+thread_local Block* current_block = nullptr;
+thread_local int current_thread = 0;
 
-void run_lane() {
-  (*current_warp->thread)();
-  current_warp->finished[current_lane] = true;
+void run_thread() {
+  (*current_block->thread)();
+  current_block->state[current_thread] = ThreadState::kFinished;
 }  // returns to the scheduler through uc_link
 
-void run_warp(Warp& warp) {
-  for (int lane = 0; lane < kWarpSize; ++lane) {
-    if (!warp.stacks[lane]) warp.stacks[lane] = std::make_unique<char[]>(kStackBytes);
-    if (getcontext(&warp.lanes[lane]) != 0) fail("getcontext failed");
-    warp.lanes[lane].uc_stack.ss_sp = warp.stacks[lane].get();
-    warp.lanes[lane].uc_stack.ss_size = kStackBytes;
-    warp.lanes[lane].uc_link = &warp.scheduler;
-    makecontext(&warp.lanes[lane], run_lane, 0);
-    warp.finished[lane] = false;
+// Hands a thread's warp its shuffle when all 32 threads are there; false if none of it is.
+bool deliver_shuffle(Block& block, int first) {
+  int arrived = 0;
+  for (int t = first; t < first + kWarpSize; ++t) arrived += block.state[t] == ThreadState::kAtShuffle;
+  if (arrived == 0) return false;
+  if (arrived != kWarpSize) fail("a shuffle that only part of the warp reached (divergent warp)");
+  std::memcpy(block.delivered + first, block.posted + first, kWarpSize * sizeof(uint32_t));
+  std::fill(block.state + first, block.state + first + kWarpSize, ThreadState::kRunnable);
+  return true;
+}
+
+void run_block(Block& block) {
+  for (int t = 0; t < block.size; ++t) {
+    if (!block.stacks[t]) block.stacks[t] = std::make_unique<char[]>(kStackBytes);
+    if (getcontext(&block.threads[t]) != 0) fail("getcontext failed");
+    block.threads[t].uc_stack.ss_sp = block.stacks[t].get();
+    block.threads[t].uc_stack.ss_size = kStackBytes;
+    block.threads[t].uc_link = &block.scheduler;
+    makecontext(&block.threads[t], run_thread, 0);
+    block.state[t] = ThreadState::kRunnable;
   }
   for (;;) {
-    int waiting = 0, finished = 0;
-    for (int lane = 0; lane < kWarpSize; ++lane) {
-      if (warp.finished[lane]) continue;
-      current_warp = &warp;
-      current_lane = lane;
-      threadIdx = {warp.first_thread + unsigned(lane), 0, 0};
-      warp.waiting[lane] = false;
-      if (swapcontext(&warp.scheduler, &warp.lanes[lane]) != 0) fail("swapcontext failed");
+    for (int t = 0; t < block.size; ++t) {
+      if (block.state[t] != ThreadState::kRunnable) continue;
+      current_block = &block;
+      current_thread = t;
+      threadIdx = {unsigned(t), 0, 0};
+      if (swapcontext(&block.scheduler, &block.threads[t]) != 0) fail("swapcontext failed");
     }
-    for (int lane = 0; lane < kWarpSize; ++lane) {
-      waiting += warp.waiting[lane];
-      finished += warp.finished[lane];
-    }
-    if (finished == kWarpSize) return;
-    if (waiting != kWarpSize) fail("a shuffle that only part of the warp reached (divergent warp)");
-    std::memcpy(warp.delivered, warp.posted, sizeof warp.posted);
+    bool delivered = false;
+    for (int first = 0; first < block.size; first += kWarpSize) delivered |= deliver_shuffle(block, first);
+    if (delivered) continue;  // a barrier waits for those warps too
+    const auto at = [&](ThreadState state) { return int(std::count(block.state, block.state + block.size, state)); };
+    if (at(ThreadState::kFinished) == block.size) return;
+    if (at(ThreadState::kAtBarrier) != block.size) fail("a barrier that only part of the block reached");
+    std::fill(block.state, block.state + block.size, ThreadState::kRunnable);
   }
+}
+
+// Where the current thread waits for the rest of its warp or block.
+void wait(ThreadState state) {
+  if (current_block == nullptr) fail("a shuffle or barrier in a kernel whose first block reached none");
+  current_block->met = true;
+  current_block->state[current_thread] = state;
+  if (swapcontext(&current_block->threads[current_thread], &current_block->scheduler) != 0) fail("swapcontext failed");
 }
 
 }  // namespace
 
 uint32_t exchange(uint32_t bits, int lane_mask) {
-  if (current_warp == nullptr) fail("a shuffle in a kernel whose first warp did not shuffle");
-  Warp& warp = *current_warp;
-  const int lane = current_lane;
   if (lane_mask < 0 || lane_mask >= kWarpSize) fail("shuffle lane mask out of range");
-  warp.shuffled = true;
-  warp.posted[lane] = bits;
-  warp.waiting[lane] = true;
-  if (swapcontext(&warp.lanes[lane], &warp.scheduler) != 0) fail("swapcontext failed");
-  return warp.delivered[lane ^ lane_mask];
+  const int thread = current_thread;
+  if (current_block != nullptr) current_block->posted[thread] = bits;
+  wait(ThreadState::kAtShuffle);
+  return current_block->delivered[thread ^ lane_mask];
 }
 
-// Warps run as coroutines only in kernels that shuffle: a kernel whose first warp reaches no
-// shuffle runs its other threads as plain calls (a coroutine switch costs a system call).
+void barrier() { wait(ThreadState::kAtBarrier); }
+
+// Threads run as coroutines only in kernels that meet: a kernel whose first block reaches no
+// shuffle or barrier runs its other blocks' threads as plain calls (a coroutine switch costs a
+// system call).
 void run_grid(int blocks, int threads_per_block, const std::function<void()>& thread) {
-  if (blocks < 1 || threads_per_block < 1 || threads_per_block % kWarpSize != 0) fail("bad launch configuration");
-  static thread_local Warp warp;
+  if (blocks < 1 || threads_per_block < 1 || threads_per_block > kMaxBlockThreads ||
+      threads_per_block % kWarpSize != 0)
+    fail("bad launch configuration");
+  static thread_local std::unique_ptr<Block> allocated;
+  if (!allocated) allocated = std::make_unique<Block>();
+  Block& block = *allocated;
   gridDim = dim3(unsigned(blocks));
   blockDim = dim3(unsigned(threads_per_block));
-  warp.thread = &thread;
-  warp.shuffled = false;
-  for (int block = 0; block < blocks; ++block) {
-    blockIdx = {unsigned(block), 0, 0};
-    for (int first = 0; first < threads_per_block; first += kWarpSize) {
-      const bool first_warp = block == 0 && first == 0;
-      if (first_warp || warp.shuffled) {
-        warp.first_thread = unsigned(first);
-        run_warp(warp);
-        continue;
-      }
-      current_warp = nullptr;
-      for (int lane = 0; lane < kWarpSize; ++lane) {
-        threadIdx = {unsigned(first + lane), 0, 0};
-        thread();
-      }
+  block.thread = &thread;
+  block.size = threads_per_block;
+  block.met = false;
+  for (int b = 0; b < blocks; ++b) {
+    blockIdx = {unsigned(b), 0, 0};
+    if (b == 0 || block.met) {
+      run_block(block);
+      continue;
+    }
+    current_block = nullptr;
+    for (int t = 0; t < threads_per_block; ++t) {
+      threadIdx = {unsigned(t), 0, 0};
+      thread();
     }
   }
 }

@@ -2,7 +2,8 @@
 // C++ after this header, runs on the CPU one emulated thread at a time, so that machines without
 // a GPU (CI among them) check the kernels' logic and, under AddressSanitizer, their indexing.
 //
-// Each warp's 32 threads are coroutines that meet at every shuffle, as a warp does; the CUDA
+// Each block's threads are coroutines that meet at every shuffle, as a warp does, and at every
+// __syncthreads, as the block does; __shared__ variables are per host thread; the CUDA
 // runtime calls act on host memory (cuda_emulation.cpp); streams run their work lazily, in an
 // order that turns a missing dependency between streams into a wrong result; the two CUB
 // algorithms that the driver uses run sequentially. Emulation finds wrong results, out-of-bounds
@@ -30,9 +31,12 @@
 #undef __global__
 #undef __device__
 #undef __host__
+#undef __shared__
 #define __global__
 #define __device__
 #define __host__
+// A block runs on one host thread, alone until it ends: a static variable is its shared memory.
+#define __shared__ static thread_local
 
 extern thread_local uint3 threadIdx;
 extern thread_local uint3 blockIdx;
@@ -62,6 +66,9 @@ void launch(cudaStream_t stream, int blocks, int threads_per_block, void (*kerne
 // warp must reach it (the kernels shuffle with the full mask only).
 uint32_t exchange(uint32_t bits, int lane_mask);
 
+// Waits until every thread of the block has reached it.
+void barrier();
+
 template <typename T>
 T shuffle_xor(T value, int lane_mask) {
   static_assert(sizeof(T) == sizeof(uint32_t), "32-bit shuffles only");
@@ -77,6 +84,8 @@ T shuffle_xor(T value, int lane_mask) {
 // CUDA graphs launched so far: lets the tests check that a call was replayed from a graph (a
 // failed capture falls back to running the call directly, with the same results).
 extern "C" __attribute__((visibility("default"))) int sd_emulated_graph_launches(void);
+
+inline void __syncthreads() { segdeploy::emulation::barrier(); }
 
 inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
   return segdeploy::emulation::shuffle_xor(value, lane_mask);
