@@ -35,7 +35,6 @@ namespace segdeploy::densecrf {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr int32_t kPartEntries = 64;
 constexpr unsigned long long kNoBadValue = ULLONG_MAX;
 
@@ -535,7 +534,7 @@ __global__ void weights_kernel(LatticeArrays<D> L, const float* pre, const float
 // l + 16, ... and works in float32.
 
 constexpr int kLanesPerPixel = 16;
-constexpr int kPixelsPerWarp = 32 / kLanesPerPixel;
+constexpr int kPixelsPerBlock = kThreads / kLanesPerPixel;
 
 template <int D>
 struct SliceSource {
@@ -578,20 +577,23 @@ __device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t
   }
 }
 
-// log_prob and q: rows of row_width(classes) (log_prob's padding is never read).
+// log_prob and q: rows of row_width(classes) (log_prob's padding is never read). Each block
+// takes kPixelsPerBlock pixels at a time. The final probabilities are planar (a pixel's classes
+// `pixels` apart), so they are gathered in shared memory and written a class at a time.
 template <int kPairs>
 __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSource<kSpatialDims> spatial,
                                      SliceSource<kBilateralDims> bilateral, int32_t classes, int32_t pixels,
                                      __half* __restrict__ q, Outputs outputs) {
-  const int lane = threadIdx.x % kLanesPerPixel;
+  __shared__ float staged[2 * kLanesPerPixel * kPairs][kPixelsPerBlock + 1];  // + 1: lanes in distinct banks
+  const int lane = threadIdx.x % kLanesPerPixel, place = threadIdx.x / kLanesPerPixel;
   const int32_t pairs = row_width(classes) / 2;
   const bool final_pass = outputs.first_bad != nullptr;
   const bool bad_image = final_pass && *outputs.first_bad != kNoBadValue;
-  const int32_t warp = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
-  // The loop is the same for the whole warp (its shuffles need every lane); a pixel past the
-  // end (the second of the last warp) computes on zeros and stores nothing.
-  for (int32_t first = warp * kPixelsPerWarp; first < pixels; first += gridDim.x * kWarpsPerBlock * kPixelsPerWarp) {
-    const int32_t pixel = first + int32_t(threadIdx.x % 32) / kLanesPerPixel;
+  const bool staging = final_pass && outputs.probabilities != nullptr;
+  // The loop is the same for the whole block (its shuffles need every lane of a warp, its
+  // barriers every thread); pixels past the end compute on zeros and store nothing.
+  for (int32_t first = blockIdx.x * kPixelsPerBlock; first < pixels; first += gridDim.x * kPixelsPerBlock) {
+    const int32_t pixel = first + place;
     const bool real = pixel < pixels;
     float2 logit[kPairs];
 #pragma unroll
@@ -634,25 +636,32 @@ __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSo
         const int c = 2 * j + half;
         const float value = half == 0 ? probability.x : probability.y;
         if (c >= classes) continue;
-        if (final_pass && outputs.probabilities != nullptr)
-          outputs.probabilities[int64_t(c) * pixels + pixel] = bad_image ? NAN : value;
+        if (staging) staged[c][place] = bad_image ? NAN : value;
         if (value > best) {
           best = value;
           best_class = c;
         }
       }
     }
-    if (!final_pass || outputs.labels == nullptr) continue;
-    // Arg max over the pixel's lanes, the lowest class winning ties (as numpy's argmax).
-    for (int offset = kLanesPerPixel / 2; offset > 0; offset /= 2) {
-      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-      const int other_class = __shfl_xor_sync(0xffffffffu, best_class, offset);
-      if (other > best || (other == best && other_class < best_class)) {
-        best = other;
-        best_class = other_class;
+    if (final_pass && outputs.labels != nullptr) {
+      // Arg max over the pixel's lanes, the lowest class winning ties (as numpy's argmax).
+      for (int offset = kLanesPerPixel / 2; offset > 0; offset /= 2) {
+        const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+        const int other_class = __shfl_xor_sync(0xffffffffu, best_class, offset);
+        if (other > best || (other == best && other_class < best_class)) {
+          best = other;
+          best_class = other_class;
+        }
       }
+      if (real && lane == 0) outputs.labels[pixel] = bad_image ? -1 : best_class;
     }
-    if (real && lane == 0) outputs.labels[pixel] = bad_image ? -1 : best_class;
+    if (!staging) continue;
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < classes * kPixelsPerBlock; i += blockDim.x) {
+      const int32_t c = i / kPixelsPerBlock, p = i % kPixelsPerBlock;
+      if (first + p < pixels) outputs.probabilities[int64_t(c) * pixels + first + p] = staged[c][p];
+    }
+    __syncthreads();  // before the next pixels overwrite these
   }
 }
 
@@ -961,7 +970,6 @@ class CudaCrf {
 
   Error slice_softmax(const SliceSource<kSpatialDims>& spatial, const SliceSource<kBilateralDims>& bilateral,
                       const Outputs& outputs) {
-    constexpr int kPixelsPerBlock = kWarpsPerBlock * kPixelsPerWarp;
     const int blocks = blocks_for((int64_t(pixels_) + kPixelsPerBlock - 1) / kPixelsPerBlock * kThreads);
     const int pairs_per_lane = (row_width(io_.classes) / 2 + kLanesPerPixel - 1) / kLanesPerPixel;
     static_assert(kMaxCudaClasses <= 2 * kLanesPerPixel * 8, "slice_softmax_kernel<8> covers every class count");

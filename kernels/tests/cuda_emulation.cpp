@@ -52,15 +52,24 @@ void run_thread() {
   current_block->state[current_thread] = ThreadState::kFinished;
 }  // returns to the scheduler through uc_link
 
-// Hands a thread's warp its shuffle when all 32 threads are there; false if none of it is.
-bool deliver_shuffle(Block& block, int first) {
-  int arrived = 0;
-  for (int t = first; t < first + kWarpSize; ++t) arrived += block.state[t] == ThreadState::kAtShuffle;
-  if (arrived == 0) return false;
-  if (arrived != kWarpSize) fail("a shuffle that only part of the warp reached (divergent warp)");
-  std::memcpy(block.delivered + first, block.posted + first, kWarpSize * sizeof(uint32_t));
-  std::fill(block.state + first, block.state + first + kWarpSize, ThreadState::kRunnable);
-  return true;
+// Runs a warp until each of its threads has finished or waits at a barrier: a warp runs ahead of
+// the others as far as it may, so that a missing barrier shows as a wrong result.
+void run_warp(Block& block, int first) {
+  ThreadState* const state = block.state + first;
+  for (;;) {
+    for (int t = first; t < first + kWarpSize; ++t) {
+      if (block.state[t] != ThreadState::kRunnable) continue;
+      current_block = &block;
+      current_thread = t;
+      threadIdx = {unsigned(t), 0, 0};
+      if (swapcontext(&block.scheduler, &block.threads[t]) != 0) fail("swapcontext failed");
+    }
+    const int arrived = int(std::count(state, state + kWarpSize, ThreadState::kAtShuffle));
+    if (arrived == 0) return;
+    if (arrived != kWarpSize) fail("a shuffle that only part of the warp reached (divergent warp)");
+    std::memcpy(block.delivered + first, block.posted + first, kWarpSize * sizeof(uint32_t));
+    std::fill(state, state + kWarpSize, ThreadState::kRunnable);
+  }
 }
 
 void run_block(Block& block) {
@@ -74,16 +83,7 @@ void run_block(Block& block) {
     block.state[t] = ThreadState::kRunnable;
   }
   for (;;) {
-    for (int t = 0; t < block.size; ++t) {
-      if (block.state[t] != ThreadState::kRunnable) continue;
-      current_block = &block;
-      current_thread = t;
-      threadIdx = {unsigned(t), 0, 0};
-      if (swapcontext(&block.scheduler, &block.threads[t]) != 0) fail("swapcontext failed");
-    }
-    bool delivered = false;
-    for (int first = 0; first < block.size; first += kWarpSize) delivered |= deliver_shuffle(block, first);
-    if (delivered) continue;  // a barrier waits for those warps too
+    for (int first = 0; first < block.size; first += kWarpSize) run_warp(block, first);
     const auto at = [&](ThreadState state) { return int(std::count(block.state, block.state + block.size, state)); };
     if (at(ThreadState::kFinished) == block.size) return;
     if (at(ThreadState::kAtBarrier) != block.size) fail("a barrier that only part of the block reached");

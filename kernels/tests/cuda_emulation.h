@@ -3,11 +3,12 @@
 // a GPU (CI among them) check the kernels' logic and, under AddressSanitizer, their indexing.
 //
 // Each block's threads are coroutines that meet at every shuffle, as a warp does, and at every
-// __syncthreads, as the block does; __shared__ variables are per host thread; the CUDA
+// __syncthreads, as the block does; each warp runs ahead of the others as far as it may, so that
+// a missing barrier gives a wrong result; __shared__ variables are per host thread. The CUDA
 // runtime calls act on host memory (cuda_emulation.cpp); streams run their work lazily, in an
 // order that turns a missing dependency between streams into a wrong result; the two CUB
 // algorithms that the driver uses run sequentially. Emulation finds wrong results, out-of-bounds
-// accesses and missing stream dependencies, not races between threads and not speed.
+// accesses, missing barriers and stream dependencies, not races between threads and not speed.
 #ifndef SEGDEPLOY_CUDA_EMULATION_H
 #define SEGDEPLOY_CUDA_EMULATION_H
 
