@@ -59,7 +59,16 @@ SD_HOST_DEVICE int32_t row_width(int32_t classes) {
 #define SD_GRID_STRIDE(index, count) \
   for (int32_t index = blockIdx.x * blockDim.x + threadIdx.x; index < (count); index += gridDim.x * blockDim.x)
 
-Error launched(const char* kernel) { return cuda_error(cudaGetLastError(), kernel); }
+// Lets the next kernel on the stream start launching, then waits until the kernel before this one
+// has finished and its writes are visible. Every kernel begins with it: on devices that have
+// programmatic dependent launch (sm_90+), kernels are launched with it (see launch_kernel), which
+// hides the gap between consecutive kernels; elsewhere it does nothing.
+__device__ __forceinline__ void follow_previous_kernel() {
+#if defined(SD_CUDA_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+  cudaTriggerProgrammaticLaunchCompletion();
+  cudaGridDependencySynchronize();
+#endif
+}
 
 // Device arrays of one lattice and of its filtering.
 template <int D>
@@ -232,6 +241,7 @@ Error check_size(int32_t classes, int32_t height, int32_t width) {
 
 __global__ void find_bad_unary_kernel(const void* unary, int32_t dtype, int32_t kind, int64_t count,
                                       unsigned long long* first_bad) {
+  follow_previous_kernel();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
     if (!unary_value_ok(load_unary(unary, dtype, i), kind)) atomicMin(first_bad, static_cast<unsigned long long>(i));
 }
@@ -243,6 +253,7 @@ constexpr int32_t kTilePixels = 32;
 
 __global__ void load_log_prob_kernel(const void* unary, int32_t dtype, int32_t kind, int64_t base, int32_t classes,
                                      int32_t pixels, float* log_prob, unsigned long long* first_bad) {
+  follow_previous_kernel();
   __shared__ float tile[kMaxCudaClasses][kTilePixels + 1];  // + 1: a pixel's classes fall in distinct banks
   const int32_t width = row_width(classes), tiles = (pixels + kTilePixels - 1) / kTilePixels;
   for (int32_t t = blockIdx.x; t < tiles; t += gridDim.x) {
@@ -268,6 +279,7 @@ __global__ void load_log_prob_kernel(const void* unary, int32_t dtype, int32_t k
 
 template <int D>
 __global__ void embed_kernel(LatticeArrays<D> L, LatticeScale<D> scale, ImageView image, sd_crf_params params) {
+  follow_previous_kernel();
   SD_GRID_STRIDE(pixel, L.pixels) {
     const int x = pixel % image.width, y = pixel / image.width;
     float feature[D];
@@ -282,12 +294,14 @@ __global__ void embed_kernel(LatticeArrays<D> L, LatticeScale<D> scale, ImageVie
 
 template <int D>
 __global__ void insert_kernel(LatticeArrays<D> L) {
+  follow_previous_kernel();
   SD_GRID_STRIDE(entry, L.entries) insert_entry<D>(L, entry);
 }
 
 template <int D>
 // Also zeroes what later steps count into: the vertex sizes and the heavy vertices.
 __global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* entry_index, int32_t* heavy_count) {
+  follow_previous_kernel();
   SD_GRID_STRIDE(entry, L.entries + 1) {
     flags[entry] = entry < L.entries ? owns_key<D>(L, entry) : 0;
     if (entry < L.entries) entry_index[entry] = entry;
@@ -298,6 +312,7 @@ __global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* e
 
 template <int D>
 __global__ void assign_kernel(LatticeArrays<D> L) {
+  follow_previous_kernel();
   SD_GRID_STRIDE(entry, L.entries) assign_vertex<D>(L, entry);
   // The scan ran over entries + 1 flags (the last one 0), so its last value is M.
   if (blockIdx.x == 0 && threadIdx.x == 0) *L.vertex_count = L.owner_rank[L.entries];
@@ -305,11 +320,13 @@ __global__ void assign_kernel(LatticeArrays<D> L) {
 
 template <int D>
 __global__ void relabel_kernel(LatticeArrays<D> L) {
+  follow_previous_kernel();
   SD_GRID_STRIDE(slot, int32_t(L.table_mask) + 1) relabel_slot<D>(L, uint32_t(slot));
 }
 
 template <int D>
 __global__ void no_lower_neighbors_kernel(LatticeArrays<D> L) {
+  follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, vertices) {
     for (int axis = 0; axis <= D; ++axis) L.neighbors[(int64_t(axis) * L.neighbor_stride + v) * 2] = vertices;
@@ -318,6 +335,7 @@ __global__ void no_lower_neighbors_kernel(LatticeArrays<D> L) {
 
 template <int D>
 __global__ void neighbors_kernel(LatticeArrays<D> L) {
+  follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, vertices) link_neighbors<D>(L, v, vertices);
 }
@@ -336,6 +354,7 @@ __device__ const int2* axis_neighbors(const LatticeArrays<D>& L, int axis) {
 // Per axis and vertex: the length of the chain that the vertex heads, or 0 (also past M).
 template <int D>
 __global__ void chain_length_kernel(LatticeArrays<D> L, int32_t* chain_length) {
+  follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(i, (D + 1) * L.entries) {
     const int axis = i / L.entries;
@@ -352,6 +371,7 @@ __global__ void chain_length_kernel(LatticeArrays<D> L, int32_t* chain_length) {
 // axis a's chains in [a * M, (a + 1) * M)).
 template <int D>
 __global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_start, int32_t* sequences) {
+  follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(i, (D + 1) * L.entries) {
     int32_t v = i % L.entries;
@@ -367,6 +387,7 @@ __global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_start, 
 template <int D>
 __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32_t* heavy_vertices,
                                   int32_t* heavy_count, int32_t* partial_base) {
+  follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, L.entries + 1) {  // zero past M, for the scan
     const int32_t parts =
@@ -381,6 +402,7 @@ __global__ void part_count_kernel(LatticeArrays<D> L, int32_t* part_count, int32
 template <int D>
 __global__ void part_kernel(LatticeArrays<D> L, const int32_t* part_start, const int32_t* partial_base,
                             int32_t* part_begin, int32_t* part_target, int32_t* part_total) {
+  follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
   SD_GRID_STRIDE(v, vertices) {
     const int32_t first = part_start[v], end = part_start[v + 1];
@@ -400,6 +422,7 @@ __global__ void part_kernel(LatticeArrays<D> L, const int32_t* part_start, const
 // Also fills `ones` (a value per pixel): their filtering gives the normalisation.
 template <int D>
 __global__ void splat_order_kernel(LatticeArrays<D> L, float* splat_weight, int32_t* splat_pixel, float* ones) {
+  follow_previous_kernel();
   SD_GRID_STRIDE(k, L.entries) {
     const int32_t entry = L.segment_entry[k];
     splat_weight[k] = L.barycentric[entry];
@@ -448,6 +471,7 @@ template <typename T>
 __global__ void part_splat_kernel(Parts parts, const float* __restrict__ splat_weight,
                                   const int32_t* __restrict__ splat_pixel, const T* __restrict__ q, int32_t width,
                                   T* __restrict__ values, typename Float32Of<T>::type* __restrict__ partial) {
+  follow_previous_kernel();
   const int32_t total = *parts.total;
   SD_GRID_STRIDE(i, total * width) {
     const int32_t part = i / width, c = i % width;
@@ -462,6 +486,7 @@ __global__ void part_splat_kernel(Parts parts, const float* __restrict__ splat_w
 template <typename T>
 __global__ void heavy_splat_kernel(Parts parts, const typename Float32Of<T>::type* __restrict__ partial, int32_t width,
                                    T* __restrict__ values) {
+  follow_previous_kernel();
   const int32_t heavy = *parts.heavy_count;
   SD_GRID_STRIDE(i, heavy * width) {
     const int32_t v = parts.heavy[i / width], c = i % width;
@@ -489,6 +514,7 @@ constexpr int32_t kSequenceSegment = 8;
 template <typename T>
 __global__ void sequence_blur_kernel(const int32_t* __restrict__ vertex_count, const int32_t* __restrict__ sequences,
                                      int axis, const T* __restrict__ source, int32_t width, T* __restrict__ target) {
+  follow_previous_kernel();
   constexpr int kPlaces = kSequenceSegment + 2;  // with the one before and the one after
   const int32_t vertices = *vertex_count;
   const int32_t* sequence = sequences + int64_t(axis) * vertices;
@@ -521,6 +547,7 @@ __global__ void sequence_blur_kernel(const int32_t* __restrict__ vertex_count, c
 template <int D>
 __global__ void normalization_kernel(LatticeArrays<D> L, const float* __restrict__ row_sum, int32_t normalization,
                                      float* pre, float* post) {
+  follow_previous_kernel();
   const float scale = slice_scale<D>();
   SD_GRID_STRIDE(pixel, L.pixels) {
     float sum = 0.0f;
@@ -535,6 +562,7 @@ __global__ void normalization_kernel(LatticeArrays<D> L, const float* __restrict
 template <int D>
 __global__ void weights_kernel(LatticeArrays<D> L, const float* pre, const float* post, float potts_weight,
                                float* splat_weight, const int32_t* splat_pixel, float* slice_weight) {
+  follow_previous_kernel();
   const float scale = slice_scale<D>();
   SD_GRID_STRIDE(k, L.entries) {
     splat_weight[k] *= pre[splat_pixel[k]];
@@ -597,6 +625,7 @@ template <int kPairs>
 __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSource<kSpatialDims> spatial,
                                      SliceSource<kBilateralDims> bilateral, int32_t classes, int32_t pixels,
                                      __half* __restrict__ q, Outputs outputs) {
+  follow_previous_kernel();
   __shared__ float staged[2 * kLanesPerPixel * kPairs][kPixelsPerBlock + 1];  // + 1: lanes in distinct banks
   const int lane = threadIdx.x % kLanesPerPixel, place = threadIdx.x / kLanesPerPixel;
   const int32_t pairs = row_width(classes) / 2;
@@ -740,17 +769,59 @@ const char* lattice_name() {
   return D == kSpatialDims ? "spatial" : "bilateral";
 }
 
-#ifdef SD_CUDA_EMULATION
-#define SD_KERNEL_CALL(kernel, grid, stream, ...) \
-  segdeploy::emulation::launch((stream), (grid), kThreads, kernel, __VA_ARGS__)
-#else
-#define SD_KERNEL_CALL(kernel, grid, stream, ...) kernel<<<(grid), kThreads, 0, (stream)>>>(__VA_ARGS__)
+// What the driver needs to know of the device it runs on.
+struct DeviceTraits {
+  int resident_blocks = 1;           // blocks of kThreads that it runs at once (when registers allow)
+  bool programmatic_launch = false;  // kernels may launch while the one before them finishes (sm_90+)
+};
+
+Error device_traits(int device, DeviceTraits* traits) {
+  const auto get = [device](cudaDeviceAttr attribute, int* value) {
+    return cuda_error(cudaDeviceGetAttribute(value, attribute, device), "cudaDeviceGetAttribute");
+  };
+  int processors = 0, threads_per_processor = 0, major = 0;
+  SD_RETURN_IF_ERROR(get(cudaDevAttrMultiProcessorCount, &processors));
+  SD_RETURN_IF_ERROR(get(cudaDevAttrMaxThreadsPerMultiProcessor, &threads_per_processor));
+  SD_RETURN_IF_ERROR(get(cudaDevAttrComputeCapabilityMajor, &major));
+  // Only kernels compiled for sm_90 or later wait in follow_previous_kernel: code that the driver
+  // compiles from older PTX for a newer device must be launched in plain stream order.
+  cudaFuncAttributes kernel{};
+  SD_RETURN_IF_ERROR(cuda_error(cudaFuncGetAttributes(&kernel, reinterpret_cast<const void*>(find_bad_unary_kernel)),
+                                "cudaFuncGetAttributes"));
+  traits->resident_blocks = std::max(1, processors * (threads_per_processor / kThreads));
+  traits->programmatic_launch = major >= 9 && kernel.ptxVersion >= 90;
+  return {};
+}
+
+// kernel<<<blocks, kThreads, 0, stream>>>(arguments...), programmatic when asked: the kernel may
+// then start while the kernel before it on the stream finishes (its follow_previous_kernel waits).
+template <typename... Parameters, typename... Arguments>
+cudaError_t launch_kernel(bool programmatic, void (*kernel)(Parameters...), int blocks, cudaStream_t stream,
+                          const Arguments&... arguments) {
+#if defined(SD_CUDA_EMULATION)
+  segdeploy::emulation::launch(stream, blocks, kThreads, programmatic, kernel, arguments...);
+  return cudaSuccess;
+#elif CUDART_VERSION >= 12000
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(unsigned(blocks));
+  config.blockDim = dim3(unsigned(kThreads));
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, arguments...);
+#else  // CUDA 11 (JetPack 5): no programmatic launch
+  (void)programmatic;
+  kernel<<<blocks, kThreads, 0, stream>>>(arguments...);
+  return cudaGetLastError();
 #endif
-#define SD_LAUNCH(kernel, grid, stream, ...)              \
-  do {                                                    \
-    SD_KERNEL_CALL(kernel, grid, stream, __VA_ARGS__);    \
-    SD_RETURN_IF_ERROR(launched(#kernel));                \
-  } while (0)
+}
+
+#define SD_LAUNCH(kernel, grid, stream, ...)                                                            \
+  SD_RETURN_IF_ERROR(cuda_error(launch_kernel(traits_.programmatic_launch, kernel, grid, stream, __VA_ARGS__), \
+                                #kernel))
 
 // A second stream and two events, one set per host thread and device (a stream serves one graph
 // capture at a time), created outside any capture and released when the thread ends.
@@ -790,12 +861,12 @@ Error side_stream(int device, const SideStream** out) {
 // everything runs on the caller's stream in the same order.
 class CudaCrf {
  public:
-  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, int resident_blocks, cudaStream_t stream,
-          const SideStream* side = nullptr)
+  CudaCrf(const sd_crf_params& params, const sd_crf_io& io, Layout& layout, const DeviceTraits& traits,
+          cudaStream_t stream, const SideStream* side = nullptr)
       : p_(params),
         io_(io),
         w_(layout),
-        resident_blocks_(resident_blocks),
+        traits_(traits),
         stream_(stream),
         side_(side),
         pixels_(int32_t(pixel_count(io))) {}
@@ -998,13 +1069,13 @@ class CudaCrf {
   // kernels run over the lattice's vertices, whose number only the device knows, on a grid sized
   // for the worst case: larger, most of its blocks would only start and exit.
   int blocks_for(int64_t items) const {
-    return int(std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, resident_blocks_)));
+    return int(std::max<int64_t>(1, std::min<int64_t>((items + kThreads - 1) / kThreads, traits_.resident_blocks)));
   }
 
   const sd_crf_params& p_;
   const sd_crf_io& io_;
   Layout& w_;
-  int resident_blocks_;
+  DeviceTraits traits_;
   cudaStream_t stream_;
   const SideStream* side_;
   int32_t pixels_;
@@ -1118,18 +1189,6 @@ bool graphs_allowed(cudaStream_t stream) {
   return status == cudaStreamCaptureStatusNone;
 }
 
-// Blocks of kThreads that `device` runs at once (when registers allow).
-Error resident_blocks(int device, int* blocks) {
-  int processors = 0, threads_per_processor = 0;
-  SD_RETURN_IF_ERROR(cuda_error(cudaDeviceGetAttribute(&processors, cudaDevAttrMultiProcessorCount, device),
-                                "cudaDeviceGetAttribute"));
-  SD_RETURN_IF_ERROR(cuda_error(
-      cudaDeviceGetAttribute(&threads_per_processor, cudaDevAttrMaxThreadsPerMultiProcessor, device),
-      "cudaDeviceGetAttribute"));
-  *blocks = std::max(1, processors * (threads_per_processor / kThreads));
-  return {};
-}
-
 GraphCache& graph_cache() {
   static GraphCache* cache = new GraphCache;  // never destroyed: CUDA may be gone at exit
   return *cache;
@@ -1167,15 +1226,15 @@ extern "C" int sd_crf_cuda(const sd_crf_params* params, const sd_crf_io* io, voi
     const cudaStream_t caller_stream = static_cast<cudaStream_t>(stream);
     CallKey key{0, *params, *io, workspace, workspace_bytes};
     SD_RETURN_IF_ERROR(segdeploy::cuda_error(cudaGetDevice(&key.device), "cudaGetDevice"));
-    int blocks = 0;
-    SD_RETURN_IF_ERROR(resident_blocks(key.device, &blocks));
-    if (check_finite) SD_RETURN_IF_ERROR(CudaCrf(*params, *io, layout, blocks, caller_stream).check_unary_on_host());
+    DeviceTraits traits;
+    SD_RETURN_IF_ERROR(device_traits(key.device, &traits));
+    if (check_finite) SD_RETURN_IF_ERROR(CudaCrf(*params, *io, layout, traits, caller_stream).check_unary_on_host());
     // While profiling, and on a stream that the caller is capturing, the kernels go on that stream
     // alone, in order (nothing is created during the caller's capture).
-    if (!graphs_allowed(caller_stream)) return CudaCrf(*params, *io, layout, blocks, caller_stream).run();
+    if (!graphs_allowed(caller_stream)) return CudaCrf(*params, *io, layout, traits, caller_stream).run();
     const SideStream* side = nullptr;
     SD_RETURN_IF_ERROR(side_stream(key.device, &side));
-    const auto enqueue = [&](cudaStream_t on) { return CudaCrf(*params, *io, layout, blocks, on, side).run(); };
+    const auto enqueue = [&](cudaStream_t on) { return CudaCrf(*params, *io, layout, traits, on, side).run(); };
     return graph_cache().run(key, caller_stream, enqueue);
   });
 }

@@ -111,6 +111,9 @@ uint32_t exchange(uint32_t bits, int lane_mask) {
 
 void barrier() { wait(ThreadState::kAtBarrier); }
 
+thread_local uint64_t waits = 0;
+uint64_t dependency_waits() { return waits; }
+
 // Threads run as coroutines only in kernels that meet: a kernel whose first block reaches no
 // shuffle or barrier runs its other blocks' threads as plain calls (a coroutine switch costs a
 // system call).
@@ -141,6 +144,8 @@ void run_grid(int blocks, int threads_per_block, const std::function<void()>& th
 }
 
 }  // namespace segdeploy::emulation
+
+void cudaGridDependencySynchronize() { ++segdeploy::emulation::waits; }
 
 // Streams run their work lazily, in an order a GPU might choose where the program leaves it open,
 // so that a missing dependency between streams shows as a wrong result. Work runs when something
@@ -247,12 +252,21 @@ cudaError_t cudaGetDeviceCount(int* count) {
 }
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
 
-// A small device (two processors of 1024 threads), so that grid-stride loops go round many times.
+// The kernels count as compiled for compute capability 9.0, as the device is.
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void*) {
+  *attributes = cudaFuncAttributes{};
+  attributes->ptxVersion = attributes->binaryVersion = 90;
+  return cudaSuccess;
+}
+
+// A small device (two processors of 1024 threads), so that grid-stride loops go round many times,
+// of compute capability 9.0, so that kernels are launched programmatically.
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
   if (device != 0) return cudaErrorInvalidDevice;
   switch (attribute) {
     case cudaDevAttrMultiProcessorCount: *value = 2; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = 1024; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
 }

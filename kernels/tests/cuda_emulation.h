@@ -54,13 +54,24 @@ void enqueue(cudaStream_t stream, std::function<void()> operation);
 // with threadIdx, blockIdx, blockDim and gridDim set as a kernel sees them.
 void run_grid(int blocks, int threads_per_block, const std::function<void()>& thread);
 
+// Calls of cudaGridDependencySynchronize by the emulated threads of this host thread so far.
+uint64_t dependency_waits();
+[[noreturn]] void fail(const char* what);
+
 // kernel<<<blocks, threads_per_block, 0, stream>>>(arguments...): the arguments are converted to
-// the kernel's parameter types and copied at the launch, as CUDA does.
+// the kernel's parameter types and copied at the launch, as CUDA does. A programmatic launch
+// (one that may overlap the kernel before it) needs every thread to call
+// cudaGridDependencySynchronize, or the emulation fails.
 template <typename... Parameters, typename... Arguments>
-void launch(cudaStream_t stream, int blocks, int threads_per_block, void (*kernel)(Parameters...),
+void launch(cudaStream_t stream, int blocks, int threads_per_block, bool programmatic, void (*kernel)(Parameters...),
             const Arguments&... arguments) {
   std::tuple<std::decay_t<Parameters>...> copied(arguments...);
-  enqueue(stream, [=] { run_grid(blocks, threads_per_block, [&] { std::apply(kernel, copied); }); });
+  enqueue(stream, [=] {
+    const uint64_t before = dependency_waits();
+    run_grid(blocks, threads_per_block, [&] { std::apply(kernel, copied); });
+    if (programmatic && dependency_waits() - before != uint64_t(blocks) * uint64_t(threads_per_block))
+      fail("a kernel launched programmatically whose threads did not all call cudaGridDependencySynchronize");
+  });
 }
 
 // The value that lane (this lane ^ lane_mask) passed to the same shuffle; every lane of the
@@ -87,6 +98,11 @@ T shuffle_xor(T value, int lane_mask) {
 extern "C" __attribute__((visibility("default"))) int sd_emulated_graph_launches(void);
 
 inline void __syncthreads() { segdeploy::emulation::barrier(); }
+
+// Programmatic dependent launch: kernels run one after another here, so the trigger does nothing
+// and the wait is only counted.
+inline void cudaTriggerProgrammaticLaunchCompletion() {}
+void cudaGridDependencySynchronize();
 
 inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
   return segdeploy::emulation::shuffle_xor(value, lane_mask);
