@@ -43,7 +43,7 @@ step benchmark "${benchmark[@]}"
 cat "$OUT/benchmark.log"
 step pytest python3 -m pytest tests/test_crf.py tests/test_crf_onnx.py -v -p no:cacheprovider -rs
 if command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck initcheck racecheck; do
+  for tool in memcheck initcheck racecheck synccheck; do  # racecheck, synccheck: shared memory, barriers
     step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/kernels/test_densecrf"
   done
 fi
