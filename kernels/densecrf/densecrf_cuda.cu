@@ -84,12 +84,12 @@ struct DeviceLattice {
   int32_t* part_total;      // [1]
   int32_t* heavy_vertices;  // [entries]: vertices with more than one part
   int32_t* heavy_count;     // [2]: heavy vertices, their parts
+  int32_t* chain_cursor;    // [D + 1]: per axis, the places of `sequences` taken (right after heavy_count:
+                            // the lattice's counters, zeroed together at each build)
   int32_t* partial_base;    // [entries]: a heavy vertex's first row in `partial`
   float* splat_weight;      // [entries], segment order
   int32_t* splat_pixel;     // [entries], segment order
   float* slice_weight;      // [entries], entry order
-  int32_t* chain_start;     // [(D+1) * entries]: per axis, the length of the chain a vertex heads (or 0),
-                            // then, scanned in place, the chain's place in `sequences`
   int32_t* sequences;       // [(D+1) * M]: per axis, the vertices chain after chain (see sequence_blur_kernel)
   // Class rows of the lattice in float16: the blur is bound by memory traffic, and half-size
   // rows keep the bilateral lattice of a 512x512 image (~10 MiB per buffer) in an H100's L2.
@@ -131,11 +131,11 @@ int vertex_bits(int64_t entries) {
   return bits;
 }
 
-// Bytes of CUB scratch for a lattice's scans (at most `scanned` items) and its sort (entries pairs).
-Error cub_scratch_bytes(int64_t entries, int64_t scanned, size_t& bytes) {
+// Bytes of CUB scratch for a lattice's scans (of entries + 1 items) and its sort (entries pairs).
+Error cub_scratch_bytes(int64_t entries, size_t& bytes) {
   size_t scan_bytes = 0, sort_bytes = 0;
   SD_RETURN_IF_ERROR(cuda_error(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int32_t*>(nullptr),
-                                                              static_cast<int32_t*>(nullptr), int(scanned)),
+                                                              static_cast<int32_t*>(nullptr), int(entries + 1)),
                                 "cub::DeviceScan::ExclusiveSum (size query)"));
   SD_RETURN_IF_ERROR(cuda_error(
       cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<int32_t*>(nullptr),
@@ -179,12 +179,12 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.part_target = carver.take<int32_t>(entries);
   out.part_total = carver.take<int32_t>(1);
   out.heavy_vertices = carver.take<int32_t>(entries);
-  out.heavy_count = carver.take<int32_t>(2);
+  out.heavy_count = carver.take<int32_t>(2 + D + 1);
+  out.chain_cursor = out.heavy_count + 2;
   out.partial_base = carver.take<int32_t>(entries);
   out.splat_weight = carver.take<float>(entries);
   out.splat_pixel = carver.take<int32_t>(entries);
   out.slice_weight = carver.take<float>(entries);
-  out.chain_start = carver.take<int32_t>(entries * (D + 1));
   out.sequences = carver.take<int32_t>(entries * (D + 1));
   out.values = carver.take<__half>((entries + 1) * row_width(classes));
   out.scratch = carver.take<__half>((entries + 1) * row_width(classes));
@@ -193,7 +193,7 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.row_scratch = carver.take<float>(entries + 1);
   out.pre = carver.take<float>(pixels);
   out.post = carver.take<float>(pixels);
-  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, std::max(entries + 1, entries * (D + 1)), out.temp_bytes));
+  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, out.temp_bytes));
   out.temp = carver.take<char>(int64_t(out.temp_bytes));
   return {};
 }
@@ -299,15 +299,15 @@ __global__ void insert_kernel(LatticeArrays<D> L) {
 }
 
 template <int D>
-// Also zeroes what later steps count into: the vertex sizes and the heavy vertices.
-__global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* entry_index, int32_t* heavy_count) {
+// Also zeroes what later steps count into: the vertex sizes and the lattice's counters.
+__global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* entry_index, int32_t* counters) {
   follow_previous_kernel();
   SD_GRID_STRIDE(entry, L.entries + 1) {
     flags[entry] = entry < L.entries ? owns_key<D>(L, entry) : 0;
     if (entry < L.entries) entry_index[entry] = entry;
     L.vertex_size[entry] = 0;
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) heavy_count[0] = heavy_count[1] = 0;
+  if (blockIdx.x == 0 && threadIdx.x < 2 + D + 1) counters[threadIdx.x] = 0;  // heavy_count, chain_cursor
 }
 
 template <int D>
@@ -351,35 +351,23 @@ __device__ const int2* axis_neighbors(const LatticeArrays<D>& L, int axis) {
   return reinterpret_cast<const int2*>(L.neighbors + int64_t(axis) * L.neighbor_stride * 2);
 }
 
-// Per axis and vertex: the length of the chain that the vertex heads, or 0 (also past M).
+// Lists each chain: its first vertex walks it to count it, takes that many places in the axis's
+// part of `sequences` (axis a's chains fill [a * M, (a + 1) * M), in whatever order the chains
+// come: a vertex's blur depends on its neighbours only) and walks it again to write it there.
 template <int D>
-__global__ void chain_length_kernel(LatticeArrays<D> L, int32_t* chain_length) {
+__global__ void sequence_kernel(LatticeArrays<D> L, int32_t* chain_cursor, int32_t* sequences) {
   follow_previous_kernel();
   const int32_t vertices = *L.vertex_count;
-  SD_GRID_STRIDE(i, (D + 1) * L.entries) {
-    const int axis = i / L.entries;
-    const int32_t v = i % L.entries;
+  SD_GRID_STRIDE(i, (D + 1) * vertices) {
+    const int axis = i / vertices;
+    const int32_t first = i % vertices;
     const int2* around = axis_neighbors(L, axis);
+    if (around[first].x != vertices) continue;  // not a chain's first vertex
     int32_t length = 0;
-    if (v < vertices && around[v].x == vertices)
-      for (int32_t u = v; u != vertices; u = around[u].y) ++length;
-    chain_length[i] = length;
-  }
-}
-
-// Lists each chain at its place (the prefix sum over axes and vertices of the chain lengths puts
-// axis a's chains in [a * M, (a + 1) * M)).
-template <int D>
-__global__ void sequence_kernel(LatticeArrays<D> L, const int32_t* chain_start, int32_t* sequences) {
-  follow_previous_kernel();
-  const int32_t vertices = *L.vertex_count;
-  SD_GRID_STRIDE(i, (D + 1) * L.entries) {
-    int32_t v = i % L.entries;
-    const int2* around = axis_neighbors(L, i / L.entries);
-    if (v >= vertices || around[v].x != vertices) continue;  // not a chain's first vertex
-    int32_t* out = sequences + chain_start[i];
-    *out++ = v;
-    for (v = around[v].y; v != vertices; v = around[v].y) *out++ = v | kLinked;
+    for (int32_t v = first; v != vertices; v = around[v].y) ++length;
+    int32_t* out = sequences + int64_t(axis) * vertices + atomicAdd(&chain_cursor[axis], length);
+    *out++ = first;
+    for (int32_t v = around[first].y; v != vertices; v = around[v].y) *out++ = v | kLinked;
   }
 }
 
@@ -965,7 +953,7 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(memset(L.table, 0xff, size_t(slots) * sizeof(TableSlot), stream));
     SD_LAUNCH(insert_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(owner_flag_kernel<D>, blocks_for(entries), stream, L, lattice.owner_flag, lattice.entry_index,
-              lattice.heavy_count);
+              lattice.heavy_count);  // and chain_cursor
     SD_RETURN_IF_ERROR(scan(lattice, lattice.owner_flag, L.owner_rank, entries + 1, stream));
     SD_LAUNCH(assign_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(relabel_kernel<D>, blocks_for(slots), stream, L);
@@ -980,9 +968,7 @@ class CudaCrf {
     SD_LAUNCH(no_lower_neighbors_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), stream, L);
     const int64_t axis_entries = int64_t(entries) * (D + 1);  // below 2^31: check_size
-    SD_LAUNCH(chain_length_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_start);
-    SD_RETURN_IF_ERROR(scan(lattice, lattice.chain_start, lattice.chain_start, int32_t(axis_entries), stream));
-    SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_start, lattice.sequences);
+    SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_cursor, lattice.sequences);
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: sort, neighbours, chains"));
 
     SD_LAUNCH(part_count_kernel<D>, blocks_for(entries), stream, L, lattice.part_count, lattice.heavy_vertices,

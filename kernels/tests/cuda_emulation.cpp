@@ -93,7 +93,7 @@ void run_block(Block& block) {
 
 // Where the current thread waits for the rest of its warp or block.
 void wait(ThreadState state) {
-  if (current_block == nullptr) fail("a shuffle or barrier in a kernel whose first block reached none");
+  if (current_block == nullptr) fail("a shuffle or barrier in a kernel whose first block to run reached none");
   current_block->met = true;
   current_block->state[current_thread] = state;
   if (swapcontext(&current_block->threads[current_thread], &current_block->scheduler) != 0) fail("swapcontext failed");
@@ -114,7 +114,7 @@ void barrier() { wait(ThreadState::kAtBarrier); }
 thread_local uint64_t waits = 0;
 uint64_t dependency_waits() { return waits; }
 
-// Threads run as coroutines only in kernels that meet: a kernel whose first block reaches no
+// Threads run as coroutines only in kernels that meet: a kernel whose first block to run reaches no
 // shuffle or barrier runs its other blocks' threads as plain calls (a coroutine switch costs a
 // system call).
 void run_grid(int blocks, int threads_per_block, const std::function<void()>& thread) {
@@ -129,9 +129,9 @@ void run_grid(int blocks, int threads_per_block, const std::function<void()>& th
   block.thread = &thread;
   block.size = threads_per_block;
   block.met = false;
-  for (int b = 0; b < blocks; ++b) {
+  for (int b = blocks - 1; b >= 0; --b) {  // the last block first: a GPU runs blocks in any order
     blockIdx = {unsigned(b), 0, 0};
-    if (b == 0 || block.met) {
+    if (b == blocks - 1 || block.met) {
       run_block(block);
       continue;
     }

@@ -4,7 +4,8 @@
 //
 // Each block's threads are coroutines that meet at every shuffle, as a warp does, and at every
 // __syncthreads, as the block does; each warp runs ahead of the others as far as it may, so that
-// a missing barrier gives a wrong result; __shared__ variables are per host thread. The CUDA
+// a missing barrier gives a wrong result; __shared__ variables are per host thread; blocks run
+// one at a time, the last first. The CUDA
 // runtime calls act on host memory (cuda_emulation.cpp); streams run their work lazily, in an
 // order that turns a missing dependency between streams into a wrong result; the two CUB
 // algorithms that the driver uses run sequentially. Emulation finds wrong results, out-of-bounds
