@@ -659,7 +659,8 @@ __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSo
       const int j = lane + kLanesPerPixel * k;
       if (!real || j >= pairs) continue;
       const float2 probability = make_float2(logit[k].x * inverse, logit[k].y * inverse);
-      reinterpret_cast<__half2*>(q)[int64_t(pixel) * pairs + j] = __floats2half2_rn(probability.x, probability.y);
+      if (!final_pass)  // the next splat's input
+        reinterpret_cast<__half2*>(q)[int64_t(pixel) * pairs + j] = __floats2half2_rn(probability.x, probability.y);
       for (int half = 0; half < 2; ++half) {
         const int c = 2 * j + half;
         const float value = half == 0 ? probability.x : probability.y;
