@@ -604,8 +604,8 @@ __device__ void add_message(const SliceSource<D>& source, int32_t pixel, int32_t
   }
 }
 
-// log_prob and q: rows of row_width(classes) (log_prob's padding is never read, q's is zero). Each block
-// takes kPixelsPerBlock pixels at a time. The final probabilities are planar (a pixel's classes
+// log_prob and q: rows of row_width(classes), zero past the classes. Each block takes
+// kPixelsPerBlock pixels at a time. The final probabilities are planar (a pixel's classes
 // `pixels` apart), so they are gathered in shared memory and written a class at a time.
 template <int kPairs>
 __global__ void slice_softmax_kernel(const float* __restrict__ log_prob, SliceSource<kSpatialDims> spatial,
