@@ -762,7 +762,7 @@ struct DeviceTraits {
   bool programmatic_launch = false;  // kernels may launch while the one before them finishes (sm_90+)
 };
 
-Error device_traits(int device, DeviceTraits* traits) {
+Error query_device_traits(int device, DeviceTraits* traits) {
   const auto get = [device](cudaDeviceAttr attribute, int* value) {
     return cuda_error(cudaDeviceGetAttribute(value, attribute, device), "cudaDeviceGetAttribute");
   };
@@ -777,6 +777,21 @@ Error device_traits(int device, DeviceTraits* traits) {
                                 "cudaFuncGetAttributes"));
   traits->resident_blocks = std::max(1, processors * (threads_per_processor / kThreads));
   traits->programmatic_launch = major >= 9 && kernel.ptxVersion >= 90;
+  return {};
+}
+
+// The traits of `device`, queried at its first call only: they do not change.
+Error device_traits(int device, DeviceTraits* traits) {
+  static std::mutex mutex;
+  static std::map<int, DeviceTraits> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) {
+    *traits = found->second;
+    return {};
+  }
+  SD_RETURN_IF_ERROR(query_device_traits(device, traits));
+  known.emplace(device, *traits);
   return {};
 }
 
