@@ -27,8 +27,11 @@ step() {  # step NAME COMMAND...: runs COMMAND, logs to $OUT/NAME.log, records a
 }
 
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
-step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" -DSEGDEPLOY_BUILD_TESTS=ON
+arch=()  # CUDA_ARCH unset: the GPU of this machine (kernels/cmake/cuda_architectures.cmake)
+[ -n "${CUDA_ARCH:-}" ] && arch=(-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH")
+step configure cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release ${arch[@]+"${arch[@]}"} \
+  -DSEGDEPLOY_BUILD_TESTS=ON
+grep -E "CUDA architectures" "$OUT/configure.log" | sed 's/^/        /'
 grep -E "TensorRT|CUDA compiler identification" "$OUT/configure.log" | sed 's/^/        /'
 step build cmake --build "$BUILD" -j "$(nproc)"
 # The emulated CUDA tests (CUDA kernels run on the host, for machines without a GPU) are left out.

@@ -1,4 +1,4 @@
-// TensorRT IPluginV3 "DenseCRF" (version 1): the dense CRF node that segdeploy.crf_onnx appends
+// TensorRT IPluginV3 "DenseCRF" (version 1): the dense CRF node that segdeploy.crf.append_crf_node appends
 // to an exported network, run by the CUDA kernels of libsegdeploy_kernels (sd_crf_cuda).
 //
 // Inputs: logits (N, C, H, W) float32 or float16, image uint8 (N, H, W, 3) or (N, 3, H, W).
