@@ -19,6 +19,7 @@ demo: install
 	$(BIN)/segdeploy bench $(OUT)/deeplabv3plus --backends torch,ort --input-size 512 512 --warmup auto --plots $(OUT)/plots -o $(OUT)/bench.json
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest -ra
 
 # Developer loop: rebuild only the C++/CUDA library into segdeploy/_lib (for source-tree runs).

@@ -25,8 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segdeploy import kernels  # noqa: E402
-from segdeploy.crf import CRFParams, CudaBuffer, dense_crf, synthetic_logits  # noqa: E402
+from readme_blocks import provenance, replace_block  # noqa: E402  (beside this script)
+
+from segdeploy import _native  # noqa: E402
+from segdeploy.crf import CRFParams, CudaBuffer, _binding, dense_crf, synthetic_logits  # noqa: E402
 
 PARAMS = CRFParams()  # DeepLab v2
 CLASSES = 21
@@ -96,7 +98,7 @@ def time_onnx_node(logits, image, repeats: int) -> dict | None:
     import onnxruntime
     from onnx import TensorProto, helper
 
-    from segdeploy.crf_onnx import append_crf_node, register_crf_ort
+    from segdeploy.crf import append_crf_node, register_crf_ort
 
     shape = [1, *logits.shape]
     graph = helper.make_graph([helper.make_node("Identity", ["scores"], ["logits"])], "crf_only",
@@ -122,28 +124,28 @@ def time_onnx_node(logits, image, repeats: int) -> dict | None:
 def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray, profile: bool) -> dict:
     """sd_crf_cuda on preallocated device buffers, timed with CUDA events around each call; with
     ``profile``, one more call prints the GPU time of each phase (SD_CRF_PROFILE) to stderr."""
-    lib = kernels.load_library()
+    lib = _native.load_library()
     classes, height, width = logits.shape
     unary, rgb = CudaBuffer.from_numpy(logits), CudaBuffer.from_numpy(image)
     probabilities = CudaBuffer((classes, height, width), np.float32)
     labels = CudaBuffer((height, width), np.int32)
     size = ctypes.c_size_t()
-    kernels.check(lib.sd_crf_cuda_workspace_bytes(classes, height, width, ctypes.byref(size)))
+    _native.check(lib.sd_crf_cuda_workspace_bytes(classes, height, width, ctypes.byref(size)))
     workspace = CudaBuffer((size.value,), np.uint8)
-    io = kernels.CrfIO(unary.pointer, kernels.SD_DTYPE_FLOAT32, kernels.CRF_UNARY_KINDS["logits"], rgb.pointer,
-                       kernels.SD_IMAGE_HWC, 1, classes, height, width, probabilities.pointer, labels.pointer)
+    io = _binding.SdCrfIO(unary.pointer, _binding.SD_DTYPE_FLOAT32, _binding.UNARY_KINDS["logits"], rgb.pointer,
+                          _binding.SD_IMAGE_HWC, 1, classes, height, width, probabilities.pointer, labels.pointer)
     start, end = ctypes.c_void_p(), ctypes.c_void_p()
-    kernels.check(lib.sd_cuda_event_create(ctypes.byref(start)))
-    kernels.check(lib.sd_cuda_event_create(ctypes.byref(end)))
+    _native.check(lib.sd_cuda_event_create(ctypes.byref(start)))
+    _native.check(lib.sd_cuda_event_create(ctypes.byref(end)))
 
     def timed(params: CRFParams) -> float:
         c_params = params.to_c()
-        kernels.check(lib.sd_cuda_event_record(start, None))
-        kernels.check(lib.sd_crf_cuda(ctypes.byref(c_params), ctypes.byref(io), workspace.pointer, workspace.nbytes,
+        _native.check(lib.sd_cuda_event_record(start, None))
+        _native.check(lib.sd_crf_cuda(ctypes.byref(c_params), ctypes.byref(io), workspace.pointer, workspace.nbytes,
                                       0, None))
-        kernels.check(lib.sd_cuda_event_record(end, None))
+        _native.check(lib.sd_cuda_event_record(end, None))
         milliseconds = ctypes.c_float()
-        kernels.check(lib.sd_cuda_event_elapsed_ms(start, end, ctypes.byref(milliseconds)))
+        _native.check(lib.sd_cuda_event_elapsed_ms(start, end, ctypes.byref(milliseconds)))
         return milliseconds.value
 
     result = {"workspace_mib": size.value / 2**20}
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gpu-profile", action="store_true",
                         help="also print the GPU time of each phase (lattice build steps, splat, blur, slice)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--readme", action="store_true", help="write the README's crf-table block from this run")
     args = parser.parse_args(argv)
 
     image, source = load_image(args.image)
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
         else:
             print(f"ONNX Runtime DenseCRF node: median {node['onnx_node_median_ms']:.1f} ms against "
                   f"{node['direct_median_ms']:.1f} ms for the kernel called directly (x{node['overhead_ratio']:.2f})")
-    if kernels.cuda_device_count() > 0:
+    if _native.cuda_device_count() > 0:
         report["cuda"] = gpu = time_cuda(logits, image, args.gpu_repeats, cpu_probabilities, args.gpu_profile)
         print(f"CUDA: {gpu['full_median_ms']:.3f} ms median for {PARAMS.iterations} iterations "
               f"(1 iteration {gpu['one_iteration_median_ms']:.3f} ms, {gpu['per_iteration_ms']:.3f} ms per further "
@@ -211,12 +214,37 @@ def main(argv=None) -> int:
               f"{gpu['label_agreement']:.5f}, "
               f"mean |dQ| {gpu['mean_abs_dq']:.2e}")
     else:
-        print(f"CUDA: no device (kernels built with CUDA: {kernels.built_with_cuda()}); not timed")
+        print(f"CUDA: no device (kernels built with CUDA: {_native.built_with_cuda()}); not timed")
     if args.json:
         from segdeploy.fileio import write_json
 
         write_json(args.json, report)
+    if args.readme:
+        print(f"written to {replace_block('crf-table', readme_table(report, args.repeats))}", file=sys.stderr)
     return 0
+
+
+def readme_table(report: dict, repeats: int) -> str:
+    """The README's crf-table block: the rows this run measured, ratios taken within the run."""
+    height, width = report["shape"][1:]
+    lines = [f"Dense CRF on a {width}×{height} photo ({report['image']}), {CLASSES} classes, noisy unary, DeepLab v2 "
+             f"parameters, {PARAMS.iterations} iterations; medians of {repeats} runs alternating with the reference:",
+             "", "| implementation | median | vs pydensecrf2 | agreement |", "| --- | ---: | ---: | --- |"]
+    cpu, node, gpu = report.get("cpu"), report.get("onnx_node"), report.get("cuda")
+    if cpu and "speedup" in cpu:
+        lines.append(f"| pydensecrf2 (reference), 1 core | {cpu['pydensecrf2_median_ms']:.0f} ms | 1.00× | — |")
+    if cpu:
+        speedup = f"**{cpu['speedup']:.2f}×**" if "speedup" in cpu else "—"
+        agree = (f"labels {cpu['label_agreement']:.3%}, mean \\|ΔQ\\| {cpu['mean_abs_dq']:.1e}"
+                 if "speedup" in cpu else "—")
+        lines.append(f"| segdeploy CPU, {cpu['threads']} threads | {cpu['segdeploy_median_ms']:.0f} ms | {speedup} | {agree} |")
+    if node:
+        lines.append(f"| segdeploy CPU as an ONNX Runtime node | {node['onnx_node_median_ms']:.0f} ms | "
+                     f"×{node['overhead_ratio']:.2f} of a direct call | same |")
+    if gpu:
+        lines.append(f"| segdeploy CUDA | {gpu['full_median_ms']:.2f} ms | — | labels vs CPU {gpu['label_agreement']:.3%} |")
+    lines += ["", provenance("python benchmarks/crf.py --readme")]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

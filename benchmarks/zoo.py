@@ -5,9 +5,7 @@ export to ONNX through ``segdeploy.export.export_model`` (parity gate included) 
 random weights, then the median latency at batch 1, 512×512, of ONNX Runtime (CPU provider) and
 of PyTorch eager (``torch.inference_mode``) with the same number of threads.
 
-The table replaces what lies between ``<!-- zoo-table:start -->`` and ``<!-- zoo-table:end -->``
-in the README when both markers are there; otherwise it is printed and written to
-``benchmarks/zoo_table.md``.
+The table replaces the ``zoo-table`` block of ``docs/models.md`` (``benchmarks/readme_blocks.py``).
 
     python benchmarks/zoo.py                                 # every variant (long: ~1 min each)
     python benchmarks/zoo.py --models deeplabv3plus,unet --iterations 5
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,8 +24,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-START_MARKER = "<!-- zoo-table:start -->"
-END_MARKER = "<!-- zoo-table:end -->"
+from readme_blocks import provenance, replace_block  # noqa: E402  (beside this script)
 
 
 def median_latency_ms(run, warmup: int, iterations: int) -> float:
@@ -48,7 +44,7 @@ def benchmark_variant(spec, size, threads, warmup, iterations, workdir: Path) ->
     import torch
 
     from segdeploy.export import export_model
-    from segdeploy.models.calibration import calibrated_state_dict
+    from segdeploy.models.batchnorm import calibrated_state_dict
     from segdeploy.models.flops import model_complexity, reference_input_size
     from segdeploy.models.loading import build_model
     from segdeploy.parity import Thresholds
@@ -94,7 +90,6 @@ def benchmark_variant(spec, size, threads, warmup, iterations, workdir: Path) ->
 
 
 def markdown_table(rows, threads, iterations) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [
         "| model | params (M) | GFLOPs@512² | ONNX export (s) | parity max abs diff | ORT CPU (ms) | PyTorch CPU (ms) | ORT / PyTorch |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -108,23 +103,10 @@ def markdown_table(rows, threads, iterations) -> str:
         )
     lines.append("")
     lines.append(
-        f"Batch 1, 512×512, median of {iterations} runs, {threads} threads for both, on {cpu} "
-        f"({os.cpu_count()} logical CPUs), random BN-calibrated weights; GFLOPs count one multiply-add "
-        "as one FLOP. Produced by `python benchmarks/zoo.py`."
+        f"Batch 1, 512×512, median of {iterations} runs, {threads} threads for both, random BN-calibrated "
+        "weights; GFLOPs count one multiply-add as one FLOP. " + provenance("python benchmarks/zoo.py")
     )
     return "\n".join(lines)
-
-
-def write_table(table: str, readme: Path) -> Path:
-    text = readme.read_text() if readme.is_file() else ""
-    if START_MARKER in text and END_MARKER in text:
-        head, rest = text.split(START_MARKER, 1)
-        _, tail = rest.split(END_MARKER, 1)
-        readme.write_text(f"{head}{START_MARKER}\n{table}\n{END_MARKER}{tail}")
-        return readme
-    fallback = REPO_ROOT / "benchmarks" / "zoo_table.md"
-    fallback.write_text(table + "\n")
-    return fallback
 
 
 def main(argv=None) -> int:
@@ -134,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "docs" / "models.md")
     args = parser.parse_args(argv)
 
     from segdeploy.models import get_spec, list_models
@@ -148,7 +130,7 @@ def main(argv=None) -> int:
             print(markdown_table(rows[-1:], args.threads, args.iterations).splitlines()[2], file=sys.stderr, flush=True)
     table = markdown_table(rows, args.threads, args.iterations)
     print(table)
-    print(f"written to {write_table(table, args.readme)}", file=sys.stderr)
+    print(f"written to {replace_block('zoo-table', table, args.readme)}", file=sys.stderr)
     return 0
 
 

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import platform
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .backend.onnxrt.runner import OnnxrtRunner, SessionFromOnnx
+from .backend.torch.runner import TorchRunner
+from .crf import CRFParams, dense_crf
+from .crf.onnx_node import append_crf_node
 from .errors import BadInputError, SegdeployError, VerificationError
-from .fileio import atomic_path, sha256_file, write_json
-from .manifest import MANIFEST_NAME, ONNX_NAME, SCHEMA, default_class_names
-from .parity import ParityResult, Thresholds, check_parity, parity_shapes
+from .fileio import atomic_path, sha256_file
+from .lint import errors, lint_onnx, lint_report
+from .manifest import MANIFEST_NAME, ONNX_NAME, default_class_names, new_manifest, onnx_file_section, write_manifest
+from .models.loading import build_model
+from .models.registry import get_spec
+from .parity import ParityResult, Thresholds, check_parity, compare_outputs, parity_shapes, sample_feed
 from .preprocess import input_spec
+from .targets import get_target
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -73,11 +81,6 @@ def export_model(
     Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
     when the ONNX graph does not reproduce PyTorch within ``thresholds``.
     """
-    from .lint import errors, lint_onnx, lint_report
-    from .models.loading import build_model
-    from .models.registry import get_spec
-    from .targets import get_target
-
     profile = get_target(target)
     opset = opset or profile.opset
     exporter = profile.exporter_for(opset)
@@ -117,9 +120,8 @@ def export_model(
             output = {"name": "probabilities", "dtype": "float32", "layout": "NCHW", "all": ["probabilities", "labels"]}
         progress(f"linting for target {profile.name}")
         findings = lint_onnx(tmp_onnx, profile)
-        manifest = {
-            "schema": SCHEMA,
-            "model": {
+        manifest = new_manifest(
+            model={
                 "name": model_name,
                 "args": args,
                 "checkpoint": checkpoint,
@@ -128,33 +130,30 @@ def export_model(
                 "init": "checkpoint" if checkpoint else f"random (seed {seed})",
                 "output_stride": multiple,
             },
-            "classes": class_names or default_class_names(num_classes),
-            "input": spec_in,
-            "output": output,
-            "crf": crf_section,
-            "dynamic_axes": {"batch": 0, "height": 2, "width": 3},
-            "onnx": {
-                "file": ONNX_NAME,
-                "sha256": sha256_file(tmp_onnx),
-                "bytes": tmp_onnx.stat().st_size,
-                "opset": opset,
-                "exporter": exporter,  # torch.onnx with dynamo=True, or the TorchScript exporter
-                "precision": "fp32",
-                "target": profile.name,
-                "export_seconds": round(export_seconds, 3),
-            },
-            "lint": lint_report(findings, profile.name),
-            "parity": {
+            classes=class_names or default_class_names(num_classes),
+            input_spec=spec_in,
+            output=output,
+            onnx=onnx_file_section(
+                tmp_onnx,
+                opset=opset,
+                exporter=exporter,  # torch.onnx with dynamo=True, or the TorchScript exporter
+                precision="fp32",
+                target=profile.name,
+                export_seconds=round(export_seconds, 3),
+            ),
+            crf=crf_section,
+            dynamic_axes={"batch": 0, "height": 2, "width": 3},
+            lint=lint_report(findings, profile.name),
+            parity={
                 "reference": "torch",
                 "candidate": "ort",
                 "thresholds": {"max_abs_diff": thresholds.max_abs_diff, "min_agreement": thresholds.min_agreement},
                 "passed": all(r.passed for r in results),
                 "shapes": [r.to_json() for r in results],
             },
-            "versions": _versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-    write_json(manifest_path, manifest)
+            versions=_versions(),
+        )
+    write_manifest(output_dir, manifest)
     crf_parity = None
     if crf_section:
         crf_parity = ParityResult(**{**crf_section["parity"], "shape": tuple(crf_section["parity"]["shape"])})
@@ -244,15 +243,8 @@ def _name_dynamic_axes(path: Path, dims: dict[int, str]) -> None:
 def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, thresholds: Thresholds) -> dict:
     """Append the DenseCRF node to the ONNX file; check ONNX Runtime's CRF graph against
     PyTorch's logits refined by segdeploy's CPU kernel, at ``shape``."""
-    import dataclasses
-
     import onnx
     import torch
-
-    from .backend.onnxrt.runner import OnnxrtRunner
-    from .crf import CRFParams, dense_crf
-    from .crf_onnx import append_crf_node
-    from .parity import compare_outputs, sample_feed
 
     fields = {f.name for f in dataclasses.fields(CRFParams)}
     unknown = sorted(set(crf_params) - fields)
@@ -274,9 +266,6 @@ def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, 
 
 
 def _run_parity(model, onnx_path: Path, output_names, shapes, spec_in: dict, thresholds: Thresholds):
-    from .backend.onnxrt.runner import OnnxrtRunner, SessionFromOnnx
-    from .backend.torch.runner import TorchRunner
-
     with TorchRunner(lambda: model, output_names=output_names) as reference, OnnxrtRunner(SessionFromOnnx(onnx_path)) as candidate:
         return check_parity(reference, candidate, shapes, spec_in, thresholds)
 

@@ -6,16 +6,18 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from .backend.base import make_runner
 from .errors import BadInputError
+from .fileio import atomic_path
+from .manifest import resolve_artifact
+from .preprocess import load_image, normalize, resize
+from .visualize import label_image, overlay
 
 
 def segment_files(artifact, images, backend: str = "ort", size: tuple[int, int] | None = None):
     """Yield ``(path, rgb_image, labels)`` for each image file, labels resized back to the image's size."""
-    from .backend.base import make_runner
-    from .manifest import resolve_artifact
-    from .preprocess import load_image
-
     onnx_path, manifest = resolve_artifact(artifact)
     if manifest is None:
         raise BadInputError(f"{artifact}: inference needs the manifest's input normalisation (export with segdeploy)")
@@ -28,8 +30,6 @@ def segment_files(artifact, images, backend: str = "ort", size: tuple[int, int] 
 
 def predict_logits(runner, manifest: dict, rgb: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """The network's scores (C, h, w) for one uint8 RGB image, resized to ``size`` (default: the manifest's)."""
-    from .preprocess import normalize, resize
-
     spec_in = manifest["input"]
     height, width = size or spec_in["size"]
     picture = resize(rgb, height, width)
@@ -41,8 +41,6 @@ def predict_logits(runner, manifest: dict, rgb: np.ndarray, size: tuple[int, int
 
 def labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """uint8 class ids resized (nearest: ids are never blended) to ``shape`` (H, W)."""
-    from PIL import Image
-
     labels = labels.astype(np.uint8)
     if labels.shape == tuple(shape):
         return labels
@@ -51,11 +49,6 @@ def labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def write_outputs(out_dir: str | os.PathLike, path: Path, rgb: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:
     """``STEM_mask.png`` (palette PNG of class indices) and ``STEM_overlay.png``, written atomically."""
-    from PIL import Image
-
-    from .fileio import atomic_path
-    from .visualize import label_image, overlay
-
     out_dir = Path(out_dir)
     mask_path, overlay_path = out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_overlay.png"
     with atomic_path(mask_path) as tmp:

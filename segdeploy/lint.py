@@ -6,13 +6,13 @@
 * ``unsupported-op``: ops TensorRT's ONNX parser has no importer for (MaxUnpool, the
   ``*Integer``/``QLinear*`` ops, sequences, ...), MaxPool's ``Indices`` output, ops of another
   domain (ONNX Runtime's ``com.microsoft`` contrib ops);
-* ``custom-op``: segdeploy's own nodes (the ``DenseCRF`` node of :mod:`segdeploy.crf_onnx`),
-  which TensorRT runs through segdeploy's plugin library (an IPluginV3: TensorRT >= 10) and
-  ONNX Runtime through onnxruntime-extensions;
+* ``custom-op``: segdeploy's own nodes (the ``DenseCRF`` node of :mod:`segdeploy.crf`),
+  which TensorRT runs through segdeploy's plugin library (an IPluginV3, where the release has
+  them) and ONNX Runtime through onnxruntime-extensions;
 * ``resize``: Resize attributes outside what the parser implements (coordinate mode,
   nearest mode, mode, antialias, aspect-ratio policy);
-* ``int64-output``: INT64 graph outputs (an ArgMax head): TensorRT 8 has no INT64 I/O and
-  later releases pay for it; cast to int32 in the graph;
+* ``int64-output``: INT64 graph outputs (an ArgMax head): older releases have no INT64 I/O and
+  later ones pay for it; cast to int32 in the graph;
 * ``qdq``: Q/DQ that TensorRT's explicit quantization does not take (non-zero zero points,
   INT32 DequantizeLinear, per-tensor weights) - the rules of
   :func:`segdeploy.precision.int8.tensorrt_qdq_violations`;
@@ -20,7 +20,8 @@
   (an error without GPU fallback), dynamic shapes, large pooling windows, FP32 graphs.
 
 Severity ``error`` means the build fails or the engine computes something else; ``warning``
-means it builds but slower or only on some releases; ``info`` is for the record.
+means it builds but slower or only on some releases; ``info`` is for the record. Which release
+has what is asked of :mod:`segdeploy.backend.trt.releases`; the op tables here are the parsers'.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import BadInputError
+import onnx
+
+from .backend.trt.releases import FEATURES, Release
+from .crf.onnx_node import CRF_DOMAIN, CRF_OP_TYPE
+from .onnx_io import ONNX_DOMAINS, load_onnx, open_artifact
+from .precision.int8 import tensorrt_qdq_violations
 from .targets import Target, get_target
 
-#: Domains whose ops are ONNX's own.
-ONNX_DOMAINS = ("", "ai.onnx")
 #: Domains ONNX Runtime runs besides ONNX's (its contrib ops, ONNX-ML, onnxruntime-extensions).
 ORT_DOMAINS = ("com.microsoft", "ai.onnx.ml", "ai.onnx.contrib")
 
@@ -48,8 +52,9 @@ UNSUPPORTED_OPS = frozenset({
     "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringConcat", "StringNormalizer", "StringSplit",
     "TfIdfVectorizer", "Unique",
 })  # fmt: skip
-# Ops the 8.x parsers gained late or not at all (missing from TensorRT 8.4's matrix).
-TRT8_UNCERTAIN_OPS = frozenset({
+# Ops the parsers gained late or not at all (missing from TensorRT 8.4's matrix): uncertain on a release
+# without the "late_parser_ops" feature.
+LATE_PARSER_OPS = frozenset({
     "GridSample", "GroupNormalization", "Hardmax", "IsInf", "LayerNormalization", "Mod", "NonZero", "OneHot",
     "Reciprocal", "RoiAlign", "Shrink", "Trilu", "MeanVarianceNormalization", "HardSwish",
 })  # fmt: skip
@@ -93,8 +98,6 @@ def errors(findings: list[Finding]) -> list[Finding]:
 
 def custom_ops() -> dict[tuple[str, str], str]:
     """(domain, op type) -> description of segdeploy's custom nodes, which TensorRT runs as plugins."""
-    from .crf_onnx import CRF_DOMAIN, CRF_OP_TYPE
-
     return {(CRF_DOMAIN, CRF_OP_TYPE): "segdeploy's dense CRF"}
 
 
@@ -105,8 +108,6 @@ def custom_nodes(model) -> list:
 
 
 def _attr(node, name: str, default=None):
-    import onnx
-
     for a in node.attribute:
         if a.name == name:
             value = onnx.helper.get_attribute_value(a)
@@ -114,26 +115,12 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _trt_major(target: Target) -> int | None:
-    return int(target.tensorrt.split(".")[0]) if target.tensorrt else None
-
-
 def _load(path_or_model):
     """(model without external data, path or None)."""
-    import onnx
-
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model, None
-    from .inspect import load_onnx
-
-    path = Path(path_or_model)
-    if path.is_dir():
-        from .manifest import resolve_artifact
-
-        path, _ = resolve_artifact(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such ONNX file")
-    return load_onnx(path, load_external_data=False), path
+    artifact = open_artifact(path_or_model)
+    return artifact.model, artifact.onnx_path
 
 
 def _node_names(model) -> list[str]:
@@ -182,14 +169,14 @@ def _check_domains(model, names, target: Target) -> list[Finding]:
             continue
         op = node.op_type
         if (node.domain, op) in known:
-            major = _trt_major(target)
-            if target.runtime != "tensorrt":
+            release = Release.of_target(target)
+            if release is None:
                 found.append(Finding("info", "custom-op", f"{known[node.domain, op]}: ONNX Runtime runs it through "
-                                     "onnxruntime-extensions (segdeploy.crf_onnx.register_crf_ort)", name, op))
-            elif major is not None and major < 10:
+                                     "onnxruntime-extensions (segdeploy.crf.register_crf_ort)", name, op))
+            elif not release.has("ipluginv3"):
                 found.append(Finding("error", "custom-op", f"{known[node.domain, op]} needs segdeploy's TensorRT "
-                                     f"plugin, an IPluginV3 (TensorRT >= 10); target {target.name} has TensorRT "
-                                     f"{target.tensorrt}", name, op))
+                                     f"plugin, an IPluginV3 (TensorRT >= {FEATURES['ipluginv3'].first}); target "
+                                     f"{target.name} has TensorRT {target.tensorrt}", name, op))
             else:
                 found.append(Finding("info", "custom-op", f"{known[node.domain, op]} runs as a TensorRT plugin: the "
                                      "build loads segdeploy's plugin library first", name, op))
@@ -204,7 +191,7 @@ def _check_domains(model, names, target: Target) -> list[Finding]:
 
 def _check_ops(model, names, target: Target) -> list[Finding]:
     found = []
-    major = _trt_major(target)
+    release = Release.of_target(target)
     for node, name in zip(model.graph.node, names):
         if node.domain not in ONNX_DOMAINS:
             continue
@@ -212,8 +199,8 @@ def _check_ops(model, names, target: Target) -> list[Finding]:
         if op in UNSUPPORTED_OPS:
             hint = " (keep MaxPool indices out of the graph: upsample with Resize or ConvTranspose)" if op == "MaxUnpool" else ""
             found.append(Finding("error", "unsupported-op", f"TensorRT's ONNX parser has no importer for {op}{hint}", name, op))
-        elif op in TRT8_UNCERTAIN_OPS and major == 8:
-            found.append(Finding("warning", "unsupported-op", f"{op} is not in every TensorRT 8.x parser (target "
+        elif op in LATE_PARSER_OPS and not release.has("late_parser_ops"):
+            found.append(Finding("warning", "unsupported-op", f"{op} is not in every TensorRT {release.major}.x parser (target "
                                  f"{target.name}: TensorRT {target.tensorrt}); check the release's operator list", name, op))
         elif op == "MaxPool" and len([o for o in node.output if o]) > 1:
             found.append(Finding("error", "unsupported-op", "MaxPool's Indices output is not supported by TensorRT", name, op))
@@ -228,8 +215,8 @@ def _check_resize(model, names) -> list[Finding]:
         if node.op_type not in ("Resize", "Upsample") or node.domain not in ONNX_DOMAINS:
             continue
 
-        def add(severity, message):
-            found.append(Finding(severity, "resize", message, name, node.op_type))
+        def add(severity, message, name=name, op_type=node.op_type):
+            found.append(Finding(severity, "resize", message, name, op_type))
 
         mode = _attr(node, "mode", "nearest")
         coordinate = _attr(node, "coordinate_transformation_mode", "half_pixel")
@@ -260,18 +247,17 @@ def _check_resize(model, names) -> list[Finding]:
 
 
 def _check_int64_outputs(model, names, target: Target) -> list[Finding]:
-    import onnx
-
     producers = {out: (node, name) for node, name in zip(model.graph.node, names) for out in node.output}
-    major = _trt_major(target)
+    release = Release.of_target(target)
     found = []
     for output in model.graph.output:
         if output.type.tensor_type.elem_type != onnx.TensorProto.INT64:
             continue
         node, name = producers.get(output.name, (None, None))
         source = f" from {node.op_type}" if node is not None else ""
-        fix = "add Cast(to=INT32) after it" if node is not None and node.op_type in ("ArgMax", "ArgMin") else "cast it to int32 in the graph"
-        if major is not None and major < 10:
+        argmax = node is not None and node.op_type in ("ArgMax", "ArgMin")
+        fix = "add Cast(to=INT32) after it" if argmax else "cast it to int32 in the graph"
+        if not release.has("int64_io"):
             found.append(Finding("error", "int64-output", f"output {output.name!r} is INT64{source}: TensorRT "
                                  f"{target.tensorrt} has no INT64 inputs/outputs; {fix}", name, node.op_type if node else None))
         else:
@@ -281,10 +267,6 @@ def _check_int64_outputs(model, names, target: Target) -> list[Finding]:
 
 
 def _check_qdq(model, path: Path | None, names) -> list[Finding]:
-    import onnx
-
-    from .precision.int8 import tensorrt_qdq_violations
-
     if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         return []
     op_of = {name: node.op_type for node, name in zip(model.graph.node, names)}
@@ -296,8 +278,6 @@ def _check_qdq(model, path: Path | None, names) -> list[Finding]:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         if path is not None:
-            from .inspect import load_onnx
-
             copy = load_onnx(path)  # with its external data, so the copy stands alone
         for node, name in zip(copy.graph.node, names):
             node.name = name
@@ -317,10 +297,8 @@ def _check_qdq(model, path: Path | None, names) -> list[Finding]:
 
 
 def _check_dla(model, names, target: Target, gpu_fallback: bool) -> list[Finding]:
-    import onnx
-
     found = []
-    if not target.name.startswith("jetpack"):
+    if not Release.of_target(target).has("dla"):
         found.append(Finding("warning", "dla", f"target {target.name} is a desktop/server GPU: DLA exists on Jetson "
                                                "(Xavier, Orin) only"))
     fallback = "error" if not gpu_fallback else "warning"

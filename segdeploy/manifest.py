@@ -1,16 +1,20 @@
-"""The manifest written beside every artifact (``manifest.json``).
+"""The manifest written beside every artifact (``manifest.json``): made, written and read here.
 
 It carries what the device side needs without torch: the input normalisation, the classes,
 the tensor names, the shape range, and the provenance of the file (versions, sha256, parity).
+``segdeploy/schemas/manifest.schema.json`` describes it.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import json
 import os
 from pathlib import Path
 
 from .errors import BadInputError
+from .fileio import sha256_file, write_json
 
 SCHEMA = "segdeploy.manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -19,6 +23,44 @@ ONNX_NAME = "model.onnx"
 
 def default_class_names(num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
+
+
+def utc_timestamp() -> str:
+    """Now, as the ``created`` field of segdeploy's JSON documents records it."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def onnx_file_section(onnx_path: str | os.PathLike, **fields) -> dict:
+    """The manifest's ``onnx`` section for the file at ``onnx_path`` (its hash and size), plus ``fields``."""
+    onnx_path = Path(onnx_path)
+    return {"file": ONNX_NAME, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size, **fields}
+
+
+def new_manifest(*, model: dict, classes: list[str], input_spec: dict, output: dict, onnx: dict, **sections) -> dict:
+    """The manifest of a new FP32 artifact (an export, or a foreign ONNX file taken in)."""
+    return {"schema": SCHEMA, "model": model, "classes": classes, "input": input_spec, "output": output,
+            "onnx": onnx, **sections, "created": utc_timestamp()}
+
+
+def derived_manifest(parent: dict, *, onnx: dict, parent_file: dict, versions: dict, **sections) -> dict:
+    """The manifest of an artifact made from ``parent``'s (FP16, INT8): the parent's fields, a new
+    ``onnx`` section, the ``parent`` it came from, the tools' versions and the step's own sections."""
+    manifest = copy.deepcopy(parent)
+    manifest["onnx"] = {**manifest.get("onnx", {}), **onnx}
+    manifest["parent"] = parent_file
+    manifest["versions"] = {**manifest.get("versions", {}), **versions}
+    manifest.update(sections)
+    manifest["created"] = utc_timestamp()
+    return manifest
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
+    """Write ``manifest.json`` into ``folder`` atomically; returns its path."""
+    if manifest.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} document")
+    path = Path(folder) / MANIFEST_NAME
+    write_json(path, manifest)
+    return path
 
 
 def resolve_artifact(path: str | os.PathLike) -> tuple[Path, dict | None]:

@@ -4,8 +4,8 @@ A target fixes the ONNX opset (and so the exporter: the dynamo exporter cannot e
 so opset-17 targets use the TorchScript exporter) and the quantization route:
 
 * ``tensorrt``: explicit Q/DQ as TensorRT requires - symmetric, zero point 0, int8 activations,
-  per-channel int8 weights, bias left in float. TensorRT >= 11 has no implicit INT8 or weak
-  typing, and every supported release accepts this form, so precision lives in the graph.
+  per-channel int8 weights, bias left in float. Every supported release builds this form, so
+  precision lives in the graph (how each release is told so: ``segdeploy.backend.trt.releases``).
 * ``ort-cpu``: the form ONNX Runtime's CPU kernels are fast with - asymmetric uint8 activations
   and per-channel int8 weights (u8s8, VNNI), int32 bias as ORT's QLinearConv takes it.
 

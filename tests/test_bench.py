@@ -9,9 +9,9 @@ import pytest
 from cli import assert_clean_error, export_colour_net, run_cli
 from PIL import Image
 
-from segdeploy import jetson
-from segdeploy.bench import SCHEMA_FILE
-from segdeploy.bench_report import compare_rows
+from segdeploy.bench import jetson
+from segdeploy.bench.report import compare_rows
+from segdeploy.bench.run import SCHEMA_FILE
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segdeploy import kernels
-from segdeploy.crf import CRFParams, CudaBuffer, dense_crf, synthetic_logits
+from segdeploy import _native
+from segdeploy.crf import (
+    WORKSPACE_LIMIT_ENV,
+    CRFParams,
+    CudaBuffer,
+    dense_crf,
+    set_workspace_limit,
+    synthetic_logits,
+    workspace_limit,
+)
 from segdeploy.errors import BadInputError
 
 DEEPLAB_V2 = CRFParams()
@@ -279,8 +287,8 @@ def test_cli_writes_a_coloured_mask_and_an_overlay(tmp_path, capsys):
 
 
 def _require_cuda():
-    if kernels.cuda_device_count() == 0:
-        pytest.skip(f"no CUDA device visible to the segdeploy kernels (built with CUDA: {kernels.built_with_cuda()})")
+    if _native.cuda_device_count() == 0:
+        pytest.skip(f"no CUDA device visible to the segdeploy kernels (built with CUDA: {_native.built_with_cuda()})")
 
 
 def _photo_or_scene(size):
@@ -299,8 +307,11 @@ def test_cuda_matches_cpu():
     cpu_probabilities, cpu_labels = dense_crf(logits, image)
     gpu_probabilities, gpu_labels = dense_crf(CudaBuffer.from_numpy(logits), CudaBuffer.from_numpy(image))
     gpu_probabilities, gpu_labels = gpu_probabilities.numpy(), gpu_labels.numpy()
+    # CUDA rounds the splat's input to float16. Measured on photo crops (kernels' emulation, commit
+    # 3a9a340): max |dQ| 1.5e-3 / 2.4e-3, mean 2.8e-6 / 1.7e-6, labels equal; limits ~2-4x that.
     assert (gpu_labels == cpu_labels).mean() >= 0.999
-    assert np.abs(gpu_probabilities - cpu_probabilities).mean() <= 1e-3
+    assert np.abs(gpu_probabilities - cpu_probabilities).mean() <= 1e-5
+    assert np.abs(gpu_probabilities - cpu_probabilities).max() <= 5e-3
     np.testing.assert_allclose(gpu_probabilities.sum(0), 1.0, atol=1e-5)
 
 
@@ -314,7 +325,10 @@ def test_cuda_batches_layouts_and_half_precision_match_cpu():
     cpu = dense_crf(unary, images, output="probabilities", normalization="after")
     gpu = dense_crf(CudaBuffer.from_numpy(unary), CudaBuffer.from_numpy(images), output="probabilities",
                     normalization="after").numpy()
-    assert np.abs(gpu - cpu).mean() <= 1e-3
+    # Measured on this input (astronaut, emulated CUDA): mean |dQ| 4.1e-6, max 1.06e-2 (5 classes,
+    # normalisation after: single pixels move most), labels equal; limits ~2.5x that.
+    assert np.abs(gpu - cpu).mean() <= 1e-5
+    assert np.abs(gpu - cpu).max() <= 2.5e-2
     assert (gpu.argmax(1) == cpu.argmax(1)).mean() >= 0.999
 
 
@@ -325,3 +339,23 @@ def test_cuda_rejects_nan_with_its_position():
     logits[2, 5, 7] = np.nan
     with pytest.raises(BadInputError, match=r"unary\[0, 2, 5, 7\]"):
         dense_crf(CudaBuffer.from_numpy(logits), CudaBuffer.from_numpy(np.zeros((16, 16, 3), np.uint8)))
+
+
+def test_workspace_limit_comes_from_the_environment_or_a_call(monkeypatch):
+    """The GPU workspace cache's byte limit (the cache itself: tests/test_crf_emulated_cuda.py)."""
+    monkeypatch.delenv(WORKSPACE_LIMIT_ENV, raising=False)
+    assert workspace_limit() == 1 << 30
+    monkeypatch.setenv(WORKSPACE_LIMIT_ENV, "256")
+    assert workspace_limit() == 256 << 20
+    try:
+        set_workspace_limit(5 << 20)
+        assert workspace_limit() == 5 << 20
+    finally:
+        set_workspace_limit(None)
+    assert workspace_limit() == 256 << 20
+    for wrong in (-1, 2.5, True):
+        with pytest.raises(BadInputError, match="workspace limit"):
+            set_workspace_limit(wrong)
+    monkeypatch.setenv(WORKSPACE_LIMIT_ENV, "lots")
+    with pytest.raises(BadInputError, match=WORKSPACE_LIMIT_ENV):
+        workspace_limit()

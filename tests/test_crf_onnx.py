@@ -7,8 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from segdeploy.crf import dense_crf
-from segdeploy.crf_onnx import CRF_DOMAIN, append_crf_node, register_crf_ort
+from segdeploy.crf import CRF_DOMAIN, append_crf_node, dense_crf, register_crf_ort
 from segdeploy.errors import BadInputError
 
 ort = pytest.importorskip("onnxruntime")

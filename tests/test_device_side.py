@@ -45,7 +45,7 @@ def test_bench_compares_backends_side_by_side(artifact, tmp_path):
         assert r["peak_rss_mb"] > 10
     # torch's process holds the framework: its resident memory is that of a separate process, not ORT's.
     torch_rss, ort_rss = (r["peak_rss_mb"] for r in report["results"])
-    assert torch_rss != ort_rss
+    assert torch_rss > ort_rss
     assert report["results"][1]["speedup_vs_first"] == pytest.approx(report["results"][0]["median_ms"] / report["results"][1]["median_ms"])
     assert {"preprocess", "postprocess"} <= report["processing"].keys()
 
@@ -80,17 +80,21 @@ def test_device_side_runs_without_torch(artifact, tmp_path):
 def test_torch_backend_without_torch_says_what_to_install(artifact):
     proc = run_cli("bench", artifact, "--backends", "torch", "--iterations", "1", block_torch=True)
     # The worker subprocess does not inherit the block: it is the parent that must not import torch.
-    assert proc.returncode == 0 or "torch is not installed" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
     proc = run_cli("infer", artifact, "x.png", "--backend", "torch", block_torch=True)
     assert_clean_error(proc, 2, "torch is not installed", "segdeploy[export]")
 
 
 def test_kernels_library_is_built_and_callable():
     import segdeploy
-    from segdeploy import kernels
+    from segdeploy import _native
 
-    assert kernels.version() == segdeploy.__version__
-    assert kernels.built_with_cuda() in (True, False)
+    assert _native.version() == segdeploy.__version__
+    # The flag must say what was built: without CUDA every CUDA entry point answers NOT_BUILT
+    # (with CUDA, a machine without a device gets SD_ERROR_CUDA instead).
+    not_built = _native.load_library().sd_cuda_set_device(0) == _native.SD_ERROR_NOT_BUILT
+    assert _native.built_with_cuda() == (not not_built)
+    assert _native.built_with_cuda() or _native.cuda_device_count() == 0
 
 
 def test_every_command_has_help_with_an_example():

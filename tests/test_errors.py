@@ -7,7 +7,6 @@ import pickle
 import pytest
 import torch
 from cli import assert_clean_error, run_cli
-
 from toy_models import ColourNet
 
 
@@ -41,8 +40,10 @@ class _RunsCodeWhenUnpickled:
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"state_dict": _RunsCodeWhenUnpickled(str(marker))}, evil, _use_new_zipfile_serialization=True, pickle_protocol=pickle.DEFAULT_PROTOCOL)
-    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--checkpoint", evil, "-o", tmp_path / "x")
+    torch.save({"state_dict": _RunsCodeWhenUnpickled(str(marker))}, evil, _use_new_zipfile_serialization=True,
+               pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--checkpoint", evil,
+                   "-o", tmp_path / "x")
     assert_clean_error(proc, 2, str(evil), "not a readable PyTorch checkpoint")
     assert not marker.exists()
 
@@ -89,8 +90,8 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from segdeploy.inspect import load_onnx
     from segdeploy.errors import BadInputError
+    from segdeploy.onnx_io import load_onnx
 
     weight = numpy_helper.from_array(np.ones((4,), np.float32), "w")
     weight.data_location = TensorProto.EXTERNAL

@@ -9,10 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli import REPO_ROOT, TESTS_DIR, assert_clean_error
-from test_eval_datasets import iou_loop, write_voc
+from eval_data import iou_loop, write_voc
+from PIL import Image
 
 # Until "eval" is in segdeploy.cli.COMMANDS, register it in the subprocess (a no-op afterwards).
 _REGISTER = "from segdeploy.cli import COMMANDS, main; COMMANDS.setdefault('eval', '.eval:eval_cmd'); "

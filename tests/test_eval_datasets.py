@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from eval_data import iou_loop, write_voc
 from PIL import Image
 
 from segdeploy.errors import BadInputError
@@ -14,51 +15,15 @@ from segdeploy.evaluation.datasets import (
     open_dataset,
     read_mask,
 )
-from segdeploy.evaluation.evaluate import per_class_iou, scores
+from segdeploy.evaluation.evaluate import scores
+from segdeploy.evaluation.metrics import confusion_matrix, per_class_iou
 from segdeploy.fixtures.scenes import generate_scenes
-from segdeploy.visualize import label_image, voc_palette
-
-
-def write_voc(root, scenes, split_ids=None, border=True):
-    """A VOC-layout folder: JPEGImages/*.jpg, SegmentationClass/*.png (palette, 255 borders)."""
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    masks = {}
-    for i, scene in enumerate(scenes):
-        sample_id = f"2007_{i:06d}"
-        Image.fromarray(scene.image).save(root / "JPEGImages" / f"{sample_id}.jpg", quality=95)
-        mask = scene.mask.copy()
-        if border:  # VOC marks object outlines 255 ("ignore")
-            edges = np.zeros_like(mask, dtype=bool)
-            edges[:, 1:] |= mask[:, 1:] != mask[:, :-1]
-            edges[1:, :] |= mask[1:, :] != mask[:-1, :]
-            mask[edges] = 255
-        label_image(mask).save(root / "SegmentationClass" / f"{sample_id}.png")
-        masks[sample_id] = mask
-    if split_ids is not None:
-        (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-        for split, ids in split_ids.items():
-            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{masks_id}\n" for masks_id in ids))
-    return masks
-
+from segdeploy.visualize import voc_palette
 
 # ---------------------------------------------------------------------------------------- metrics
 
 
-def iou_loop(truth, pred, num_classes, ignore=255):
-    """Independent per-class IoU: a plain loop over classes with boolean masks, NaN for absent classes."""
-    valid = truth != ignore
-    out = []
-    for c in range(num_classes):
-        inter = np.sum((truth == c) & (pred == c) & valid)
-        union = np.sum(((truth == c) | (pred == c)) & valid)
-        out.append(100.0 * inter / union if union else np.nan)
-    return np.array(out)
-
-
 def test_per_class_iou_hand_case_with_absent_class():
-    from segdeploy.precision.metrics import confusion_matrix
-
     truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
     pred = np.array([[0, 1, 1, 1], [0, 0, 2, 3]])
     # class 0: 3 hits; truth 0 = 4 px, pred 0 = 3 px -> IoU 3/4.  class 1: 2 hits; truth 3, pred 3 -> 2/4.
@@ -76,8 +41,6 @@ def test_per_class_iou_hand_case_with_absent_class():
 
 
 def test_per_class_iou_matches_loop_on_random_maps():
-    from segdeploy.precision.metrics import confusion_matrix
-
     rng = np.random.default_rng(3)
     truth = rng.integers(0, 6, (40, 50))
     truth[rng.random(truth.shape) < 0.1] = 255

@@ -107,7 +107,8 @@ def test_gate_catches_adaptive_pooling_that_exports_wrong_under_dynamic_shapes(t
 
 def test_thresholds_are_configurable(tmp_path):
     # FP32 kernels of two frameworks differ by ~1e-7: a zero tolerance must fail the gate.
-    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32", "--max-abs-diff", "0", "-o", tmp_path / "strict")
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32",
+                   "--max-abs-diff", "0", "-o", tmp_path / "strict")
     if proc.returncode == 0:  # bit-identical outputs are possible on a tiny model; the limit was still applied
         manifest = json.loads((tmp_path / "strict" / "manifest.json").read_text())
         assert all(s["max_abs_diff"] == 0.0 for s in manifest["parity"]["shapes"])
@@ -116,7 +117,8 @@ def test_thresholds_are_configurable(tmp_path):
 
 
 def test_opset_17_uses_the_torchscript_exporter(tmp_path):
-    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32", "--opset", "17", "-o", tmp_path / "o17", "--json")
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32",
+                   "--opset", "17", "-o", tmp_path / "o17", "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest["onnx"]["opset"] == 17 and "torchscript" in manifest["onnx"]["exporter"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from segdeploy.evaluation.metrics import confusion_matrix, mean_iou, pixel_accuracy
 from segdeploy.fixtures.scenes import NUM_CLASSES, generate_scenes, write_scene_folder
-from segdeploy.precision.metrics import confusion_matrix, mean_iou, pixel_accuracy
 from segdeploy.preprocess import find_images, load_image, normalize, preprocess_files
 
 

@@ -16,7 +16,7 @@ from torch import nn  # noqa: E402
 
 from segdeploy.errors import BadInputError  # noqa: E402
 from segdeploy.models import create_model, get_spec, list_models  # noqa: E402
-from segdeploy.models.calibration import calibrate_batch_norm, calibrated_state_dict  # noqa: E402
+from segdeploy.models.batchnorm import calibrate_batch_norm, calibrated_state_dict  # noqa: E402
 from segdeploy.models.convert import to_segdeploy_state_dict  # noqa: E402
 from segdeploy.models.flops import count_macs, count_parameters  # noqa: E402
 from segdeploy.models.unet import unet_sizes, valid_unet_size  # noqa: E402
@@ -32,7 +32,7 @@ def small_input_size(spec) -> tuple[int, int]:
 
 
 def calibrated_checkpoint(name, path, **model_kwargs):
-    """Random weights with realistic activation scales (see calibration.py): with untouched BN
+    """Random weights with realistic activation scales (see models/batchnorm.py): with untouched BN
     statistics a ResNet-101's logits reach ~10⁴, where float32 rounding alone exceeds any absolute
     tolerance."""
     torch.save(calibrated_state_dict(name, small_input_size(get_spec(name)), **model_kwargs), path)

@@ -90,7 +90,8 @@ def test_fp16_keeps_layers_with_activations_beyond_its_range_in_fp32(tmp_path, i
     )  # fmt: skip
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "overflow.onnx")
-    result, _ = run_json("fp16", tmp_path / "overflow.onnx", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--val", image_folders["val_photos"])
+    result, _ = run_json("fp16", tmp_path / "overflow.onnx", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+                         "--val", image_folders["val_photos"])
     assert result["kept_fp32_for_range"] == ["huge_conv", "rescale"]
     assert result["gate"]["final"]["agreement"] == 1.0
     assert np.isfinite(result["gate"]["final"]["max_abs_diff"])
@@ -98,7 +99,10 @@ def test_fp16_keeps_layers_with_activations_beyond_its_range_in_fp32(tmp_path, i
 
 def test_fp16_sensitivity_analysis_keeps_layers_in_fp32_until_the_budget_holds(fixture_artifact, image_folders, tmp_path):
     out = tmp_path / "fp16_exact"
-    result, _ = run_json("fp16", fixture_artifact, "--val", image_folders["val"], "--min-agreement", "1.0", "-o", out)
+    # Photos, not the fixture's own scenes: on those it is so sure that FP16 may agree on every pixel,
+    # depending on the CPU that trained it (seen: 100.000% on one machine, 99.997% on another).
+    result, _ = run_json("fp16", fixture_artifact, "--val", image_folders["val_photos"], "--min-agreement", "1.0",
+                         "-o", out)
     gate = result["gate"]
     assert gate["before_sensitivity"]["agreement"] < 1.0 == gate["final"]["agreement"]
     kept = set(gate["kept_in_higher_precision"])
@@ -168,7 +172,8 @@ def test_same_inputs_reuse_the_result_and_gate_changes_reuse_the_ranges(tensorrt
     out, first = tensorrt_int8
     copy = tmp_path / "int8"
     shutil.copytree(out, copy)
-    args = ["quantize", fixture_artifact, "--calib", image_folders["calib"], "--val", image_folders["val"], "--target", "jetpack6.2", "-o", copy]
+    args = ["quantize", fixture_artifact, "--calib", image_folders["calib"], "--val", image_folders["val"],
+            "--target", "jetpack6.2", "-o", copy]
     again, _ = run_json(*args)
     assert again["reused"] and again["key"] == first["key"]
     stricter, _ = run_json(*args, "--min-agreement", "0.995")

@@ -9,22 +9,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
 from cli import REPO_ROOT, TESTS_DIR, assert_clean_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
-from test_lint import make_model, qdq_graph, seg_graph, with_node
+from onnx_graphs import make_model, qdq_graph, seg_graph, with_node
 
-from segdeploy.engine import (
-    ENGINE_MANIFEST, ENGINE_NAME, ShapeRange, check_engine, engine_manifest, find_reference, jetpack_release,
-    parse_version, plan_build, read_engine_manifest, resolve_engine, write_engine_manifest,
-)  # fmt: skip
+from segdeploy.backend.trt.engine_json import check_engine, engine_manifest, read_engine_manifest, resolve_engine, write_engine_manifest
+from segdeploy.backend.trt.plan import ENGINE_MANIFEST, ENGINE_NAME, plan_build
+from segdeploy.backend.trt.profile import ShapeRange
+from segdeploy.backend.trt.releases import jetpack_release, parse_version
+from segdeploy.backend.trt.trtexec import format_command, trtexec_args
+from segdeploy.backend.trt.verify import find_reference
 from segdeploy.errors import BadInputError
 from segdeploy.fileio import sha256_file, write_json
 from segdeploy.manifest import SCHEMA
 from segdeploy.preprocess import input_spec
-from segdeploy.trtexec import format_command, trtexec_args
 
 NO_TENSORRT = "TensorRT is not installed (PyPI's wheels come from NVIDIA's index, unreachable here)"
 
@@ -242,7 +244,7 @@ def test_lint_errors_stop_the_plan(tmp_path):
 
 
 def crf_artifact(tmp_path, dims=(1, 3, 64, 64)) -> Path:
-    from segdeploy.crf_onnx import append_crf_node
+    from segdeploy.crf import append_crf_node
 
     model = append_crf_node(seg_graph(dims=dims))
     return write_artifact(tmp_path / f"crf{len(set(map(type, dims)))}", model, target="trt11")
@@ -315,6 +317,30 @@ def test_engine_manifest_is_written_and_read_back(artifacts, tmp_path):
     with pytest.raises(BadInputError, match="is not the FP32 ONNX this engine descends from"):
         find_reference(engine_path, manifest, onnx=artifacts["int8"] / "model.onnx")
     assert json.loads((tmp_path / "engine" / ENGINE_MANIFEST).read_text()) == manifest
+
+
+ENGINE_SCHEMA = json.loads((REPO_ROOT / "segdeploy" / "schemas" / "engine.schema.json").read_text())
+
+
+def test_engine_manifests_follow_the_schema(artifacts, tmp_path):
+    desktop = {**RUNTIME, "gpu": {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, "jetson": None}
+    plans = {
+        "fp32": (plan_build(artifacts["fp32"], output=tmp_path / "fp32"), desktop),
+        "fp16": (plan_build(artifacts["fp16"], target="jetpack6.2", batch="2", output=tmp_path / "fp16"), RUNTIME),
+        "dla": (plan_build(artifacts["int8"], target="jetpack6.0", dla_core=0, gpu_fallback=True, workspace_mib=512,
+                           output=tmp_path / "dla"), {**RUNTIME, "tensorrt": "8.6.2.3"}),
+        "portable": (plan_build(artifacts["fp32"], target="trt10", opt_level=5, version_compatible=True, hardware_compat=True,
+                                timing_cache=tmp_path / "t.cache", output=tmp_path / "portable"), desktop),
+    }
+    for name, (plan, runtime) in plans.items():
+        manifest = fake_engine(plan, runtime)
+        jsonschema.validate(manifest, ENGINE_SCHEMA)
+        assert set(ENGINE_SCHEMA["required"]) <= set(manifest) <= set(ENGINE_SCHEMA["properties"]), name
+        assert set(manifest["tensorrt"]) == set(ENGINE_SCHEMA["properties"]["tensorrt"]["required"]), name
+    broken = json.loads(json.dumps(manifest))
+    broken["tensorrt"]["precision_flags"] = ["best"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, ENGINE_SCHEMA)
 
 
 def test_engine_mismatch_is_refused_before_deserialization(artifacts, tmp_path):
@@ -472,8 +498,8 @@ def native_target(trt) -> str:
 @pytest.mark.gpu
 def test_build_run_and_verify_an_fp32_engine(tensorrt, artifacts, tmp_path):
     from segdeploy.backend.onnxrt.runner import OnnxrtRunner, SessionFromOnnx
+    from segdeploy.backend.trt.build import build_engine
     from segdeploy.backend.trt.runner import TrtRunner
-    from segdeploy.engine import build_engine
     from segdeploy.parity import sample_images
 
     cache = tmp_path / "timing.cache"
@@ -523,7 +549,7 @@ def test_reduced_precision_engines_verify_against_fp32(tensorrt, artifacts, tmp_
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_the_printed_trtexec_command_builds_a_loadable_engine(tensorrt, artifacts, tmp_path):
-    from segdeploy.trtexec import find_trtexec
+    from segdeploy.backend.trt.trtexec import find_trtexec
 
     if find_trtexec() is None:
         pytest.skip("trtexec is not installed")

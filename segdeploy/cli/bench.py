@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import click
 
+from ..backend.base import BACKENDS
+from ..bench.report import compare_rows, load_report, print_compare, print_table, write_plots
+from ..bench.run import run_bench
+from ..bench.timing import BenchSettings
+from ..fileio import write_json
+from ..manifest import resolve_artifact
 from .common import echo_json, json_option, progress_status
 
 
 def _backend_list(ctx, param, value: str) -> list[str]:
-    from ..backend.base import BACKENDS
-
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in BACKENDS]
     if not names or unknown:
@@ -71,8 +75,6 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
       segdeploy bench artifacts/deeplabv3plus --crf          # + dense CRF post-processing
       segdeploy bench --compare desktop.json jetson.json
     """
-    from ..bench_report import compare_rows, load_report, print_compare, print_table, write_plots
-
     if compare:
         if artifacts:
             raise click.UsageError("give either ARTIFACTS to benchmark or --compare BEFORE.json AFTER.json")
@@ -83,8 +85,6 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
         raise click.UsageError("give at least one ARTIFACT (an export folder or an ONNX file)")
     report = _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, as_json)
     if output:
-        from ..fileio import write_json
-
         write_json(output, report)
     written = write_plots(report, plots) if plots else []
     if as_json:
@@ -96,9 +96,6 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
 
 
 def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, quiet):
-    from ..bench import BenchSettings, run_bench
-    from ..manifest import resolve_artifact
-
     _, manifest = resolve_artifact(artifacts[0])
     if input_size:
         height, width = input_size

@@ -2,6 +2,12 @@ from __future__ import annotations
 
 import click
 
+from ..backend.trt.build import build_engine
+from ..backend.trt.loader import TensorRTMissingError, import_tensorrt
+from ..backend.trt.plan import plan_build
+from ..backend.trt.profile import format_shape
+from ..backend.trt.releases import FEATURES
+from ..backend.trt.trtexec import format_command, trtexec_args
 from .common import echo_json, json_option, progress_status
 
 
@@ -9,18 +15,25 @@ from .common import echo_json, json_option, progress_status
 @click.argument("artifact", type=click.Path())
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
               help="Engine precision; must be the artifact's (build fp16/int8 from the fp16/int8 artifact). Default: the artifact's.")
-@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10 or trt11 (sets the TensorRT release's rules). Default: the artifact's.")
+@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10 or trt11 (sets the TensorRT release's rules). "
+                                "Default: the artifact's.")
 @click.option("--batch", metavar="N|MIN:OPT:MAX", help="Batch range of the profile: N means 1..N tuned for N.  [default: 1]")
 @click.option("--min", "min_shape", metavar="NxCxHxW|HxW", help="Smallest input shape of the profile.")
 @click.option("--opt", "opt_shape", metavar="NxCxHxW|HxW", help="Shape TensorRT tunes for. Default: the manifest's input size.")
 @click.option("--max", "max_shape", metavar="NxCxHxW|HxW", help="Largest input shape of the profile.")
-@click.option("--workspace", "workspace_mib", type=click.IntRange(1), metavar="MiB", help="Workspace memory pool limit. Default: TensorRT's.")
+@click.option("--workspace", "workspace_mib", type=click.IntRange(1), metavar="MiB",
+              help="Workspace memory pool limit. Default: TensorRT's.")
 @click.option("--dla-core", type=click.IntRange(0), metavar="N", help="Run on DLA core N (Jetson Xavier/Orin; fp16/int8, fixed shapes).")
 @click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache to reuse and update.  [default: ~/.cache/segdeploy/tensorrt/]")
-@click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level 0-5 (TensorRT >= 8.6). Default: TensorRT's (3).")
-@click.option("--version-compatible", is_flag=True, help="Engine runs on this and newer TensorRT releases (TensorRT >= 8.6).")
-@click.option("--hardware-compat", is_flag=True, help="Engine runs on any Ampere or newer desktop GPU (TensorRT >= 8.6).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="Timing cache to reuse and update.  [default: ~/.cache/segdeploy/tensorrt/]")
+@click.option("--opt-level", type=click.IntRange(0, 5),
+              help=f"Builder optimization level 0-5 (TensorRT >= {FEATURES['builder_optimization_level'].first}). "
+                   "Default: TensorRT's (3).")
+@click.option("--version-compatible", is_flag=True,
+              help=f"Engine runs on this and newer TensorRT releases (TensorRT >= {FEATURES['version_compatible'].first}).")
+@click.option("--hardware-compat", is_flag=True,
+              help=f"Engine runs on any Ampere or newer desktop GPU (TensorRT >= {FEATURES['hardware_compatibility_level'].first}).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Folder for model.engine and engine.json. Default: ARTIFACT.")
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command and exit, without building.")
 @json_option
@@ -47,9 +60,6 @@ def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, w
       segdeploy build out --min 1x3x256x256 --opt 1x3x512x512 --max 4x3x1024x1024
       segdeploy build out --target jetpack6.0 --print-trtexec
     """
-    from ..backend.trt.loader import TensorRTMissingError, import_tensorrt
-    from ..engine import build_engine, format_shape, plan_build
-
     plan = plan_build(
         artifact, precision=precision, target=target, batch=batch, min_shape=min_shape, opt_shape=opt_shape,
         max_shape=max_shape, output=output, workspace_mib=workspace_mib, dla_core=dla_core, gpu_fallback=gpu_fallback,
@@ -86,8 +96,6 @@ def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, w
 
 
 def _print_trtexec(plan, as_json: bool) -> None:
-    from ..trtexec import format_command, trtexec_args
-
     args = trtexec_args(plan)
     if as_json:
         echo_json({"trtexec": args, "command": format_command(args, multiline=False), "engine": str(plan.engine_path)})

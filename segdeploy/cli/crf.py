@@ -7,10 +7,13 @@ from pathlib import Path
 
 import click
 import numpy as np
+from PIL import Image
 
 from ..crf import CRFParams, dense_crf
 from ..errors import BadInputError
 from ..fileio import atomic_path
+from ..preprocess import load_image
+from ..visualize import label_image, overlay
 from .common import echo_json, json_option
 
 _DEFAULTS = CRFParams()
@@ -76,11 +79,6 @@ def crf(logits_path: Path, image_path: Path, out_path: Path | None, overlay_path
       segdeploy crf --logits frame_logits.npy --image frame.png --out frame_mask.png
       segdeploy crf --logits p.npy --unary-kind probabilities --image frame.png --bilateral-theta-xy 50 --bilateral-theta-rgb 10
     """
-    from PIL import Image
-
-    from ..preprocess import load_image
-    from ..visualize import label_image, overlay
-
     logits = _load_logits(logits_path)
     image = load_image(image_path)
     if image.shape[:2] != logits.shape[1:]:

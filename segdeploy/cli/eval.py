@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
+from .. import _native
+from ..crf import CRFParams
+from ..errors import SegdeployError
+from ..evaluation.datasets import open_dataset
+from ..evaluation.evaluate import CRFSettings, artifact_labels, evaluate
+from ..evaluation.report import SampleWriter, print_tables, write_confusion_pngs
+from ..fileio import write_json
 from .common import echo_json, json_option, parse_key_values
 
 
@@ -12,11 +20,6 @@ def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...], crf_threa
         if crf_params:
             raise click.UsageError("--crf-param needs --crf")
         return None
-    import dataclasses
-
-    from ..crf import CRFParams
-    from ..evaluation.evaluate import CRFSettings
-
     overrides = parse_key_values(crf_params, "--crf-param")
     fields = [f.name for f in dataclasses.fields(CRFParams)]
     unknown = [k for k in overrides if k not in fields]
@@ -29,11 +32,8 @@ def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...], crf_threa
 
 def _check_kernels() -> None:
     """Fail before the first image, not after it, when the CRF's compiled library cannot be loaded."""
-    from .. import kernels
-    from ..errors import SegdeployError
-
     try:
-        kernels.load_library()
+        _native.load_library()
     except SegdeployError:
         raise
     except (OSError, AttributeError) as exc:  # missing file, or a stale build without every symbol
@@ -83,11 +83,6 @@ def eval_cmd(artifacts, data, layout, split, images_dir, masks_dir, backend, com
       segdeploy eval --compare out/fp32 out/fp16 out/int8 --data cityscapes --limit 50
       segdeploy eval out/fp32 --images val/img --masks val/gt --crf -o eval-crf
     """
-    from ..evaluation.datasets import open_dataset
-    from ..evaluation.evaluate import artifact_labels, evaluate
-    from ..evaluation.report import SampleWriter, print_tables, write_confusion_pngs
-    from ..fileio import write_json
-
     if compare and len(artifacts) < 2:
         raise click.UsageError("--compare needs at least two ARTIFACTs")
     backends = [b.strip() for b in backend.split(",") if b.strip()]

@@ -4,13 +4,18 @@ from pathlib import Path
 
 import click
 
+from ..errors import BadInputError, VerificationError
+from ..export import export_model
+from ..manifest import read_manifest
+from ..parity import Thresholds
 from .common import echo_json, json_option, parse_key_values, progress_status
 
 
 @click.command()
 @click.option("--model", "-m", "model_name", required=True, metavar="NAME",
               help="A registered model (see `segdeploy models`) or your own factory as package.module:function.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="State dict to load (read with weights_only=True). Default: seeded random weights.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="State dict to load (read with weights_only=True). Default: seeded random weights.")
 @click.option("--num-classes", type=int, default=21, show_default=True, help="Number of output classes.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False), help="Text file with one class name per line.")
 @click.option("--input-size", nargs=2, type=int, default=(512, 512), show_default=True, metavar="H W",
@@ -23,7 +28,8 @@ from .common import echo_json, json_option, parse_key_values, progress_status
               help="Extra constructor argument, repeatable (e.g. --model-arg output_stride=8).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder. Default: artifacts/NAME.")
 @click.option("--max-abs-diff", type=float, default=1e-3, show_default=True, help="Parity gate: largest allowed |torch - onnx|.")
-@click.option("--min-agreement", type=float, default=0.9999, show_default=True, help="Parity gate: smallest allowed argmax agreement (0..1).")
+@click.option("--min-agreement", type=float, default=0.9999, show_default=True,
+              help="Parity gate: smallest allowed argmax agreement (0..1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation (without --checkpoint).")
 @click.option("--crf", is_flag=True, help="Append a dense-CRF node: the graph also takes the uint8 RGB picture ('image', NxHxWx3) "
               "and returns 'probabilities' and int32 'labels'. ONNX Runtime runs it with segdeploy's kernel.")
@@ -47,10 +53,6 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
       segdeploy export --model deeplabv3plus --target jetpack6.0   # opset 17 for TensorRT 8.6
       segdeploy export --model deeplabv3plus --crf                 # + dense CRF node
     """
-    from ..errors import BadInputError, VerificationError
-    from ..export import export_model
-    from ..parity import Thresholds
-
     class_names = None
     if classes_file:
         try:
@@ -73,8 +75,6 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
 
 
 def _report(output: Path, as_json: bool) -> None:
-    from ..manifest import read_manifest
-
     manifest = read_manifest(output / "manifest.json")
     if as_json:
         echo_json(manifest)

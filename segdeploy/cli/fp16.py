@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from ..errors import VerificationError
+from ..precision.gate import Budget
+from ..precision.pipeline import GateSettings, Normalisation, make_fp16
 from .common import echo_json, json_option
 
 
@@ -31,7 +34,8 @@ def source_options(command):
         click.option("--mean", callback=_floats(3), metavar="R,G,B", help="Per-channel mean on scaled pixels (no manifest: required)."),
         click.option("--std", callback=_floats(3), metavar="R,G,B", help="Per-channel std on scaled pixels (no manifest: required)."),
         click.option("--scale", type=float, help="Pixel scale before mean/std.  [default: 1/255]"),
-        click.option("--size", nargs=2, type=click.IntRange(1), metavar="H W", help="Size images are resized to. Default: the manifest's or the graph's."),
+        click.option("--size", nargs=2, type=click.IntRange(1), metavar="H W",
+                     help="Size images are resized to. Default: the manifest's or the graph's."),
     ]):  # fmt: skip
         command = option(command)
     return command
@@ -39,28 +43,30 @@ def source_options(command):
 
 def gate_options(command):
     for option in reversed([
-        click.option("--val", "val_dir", type=click.Path(file_okay=False), help="Held-out images to compare with FP32 (recursive; DIR/images + DIR/masks for mIoU)."),
-        click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True, help="Gate: smallest argmax agreement with FP32 (0..1)."),
-        click.option("--max-miou-drop", type=click.FloatRange(0), default=0.5, show_default=True, help="Gate: largest mIoU drop in points (with masks)."),
-        click.option("--sensitivity/--no-sensitivity", default=True, show_default=True, help="When the gate fails, keep the most sensitive layers in higher precision until it holds."),
-        click.option("--sensitivity-images", type=click.IntRange(1), default=8, show_default=True, help="Validation images each layer's sensitivity is scored on."),
-        click.option("--target", help="Deployment target (jetpack5, jetpack6.0, jetpack6.2, trt10, trt11, cpu). Default: the manifest's."),
-        click.option("--output", "-o", type=click.Path(file_okay=False), help="Output artifact folder. Default: beside the source, suffixed _fp16/_int8."),
+        click.option("--val", "val_dir", type=click.Path(file_okay=False),
+                     help="Held-out images to compare with FP32 (recursive; DIR/images + DIR/masks for mIoU)."),
+        click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+                     help="Gate: smallest argmax agreement with FP32 (0..1)."),
+        click.option("--max-miou-drop", type=click.FloatRange(0), default=0.5, show_default=True,
+                     help="Gate: largest mIoU drop in points (with masks)."),
+        click.option("--sensitivity/--no-sensitivity", default=True, show_default=True,
+                     help="When the gate fails, keep the most sensitive layers in higher precision until it holds."),
+        click.option("--sensitivity-images", type=click.IntRange(1), default=8, show_default=True,
+                     help="Validation images each layer's sensitivity is scored on."),
+        click.option("--target",
+                     help="Deployment target (jetpack5, jetpack6.0, jetpack6.2, trt10, trt11, cpu). Default: the manifest's."),
+        click.option("--output", "-o", type=click.Path(file_okay=False),
+                     help="Output artifact folder. Default: beside the source, suffixed _fp16/_int8."),
     ]):  # fmt: skip
         command = option(command)
     return json_option(command)
 
 
 def normalisation(mean, std, scale, size):
-    from ..precision.pipeline import Normalisation
-
     return Normalisation(mean, std, scale, tuple(size) if size else None)
 
 
 def gate_settings(min_agreement, max_miou_drop, sensitivity, sensitivity_images):
-    from ..precision.gate import Budget
-    from ..precision.pipeline import GateSettings
-
     return GateSettings(Budget(min_agreement, max_miou_drop), sensitivity, sensitivity_images)
 
 
@@ -90,8 +96,6 @@ def progress_display(enabled: bool):
 
 def report(result, as_json: bool) -> None:
     """Print the result (text or JSON); exit 1 through VerificationError when the gate failed."""
-    from ..errors import VerificationError
-
     data = result.report
     gate = data["gate"]
     if as_json:
@@ -129,7 +133,8 @@ def _print_text(result, data: dict, gate: dict) -> None:
         share = f", {cost['kept_mac_share']:.1%} of the MACs" if cost["kept_mac_share"] is not None else ""
         click.echo(f"kept in higher precision: {len(kept)} layer(s){share}: {', '.join(kept)}")
         latency = cost["latency_ms"]
-        click.echo(f"latency cost ({latency['runtime']}): {latency['fully_reduced']:.2f} ms -> {latency['final']:.2f} ms (x{latency['ratio']:.2f})")
+        click.echo(f"latency cost ({latency['runtime']}): {latency['fully_reduced']:.2f} ms -> {latency['final']:.2f} ms "
+                   f"(x{latency['ratio']:.2f})")
     budget = gate["budget"]
     verdict = "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["missed"])
     click.echo(f"gate (agreement >= {budget['min_agreement']:.2%}, mIoU drop <= {budget['max_miou_drop']:g} pt): {verdict}")
@@ -154,8 +159,6 @@ def fp16(source, keep_fp32, val_dir, min_agreement, max_miou_drop, sensitivity, 
       segdeploy fp16 out/dlv3p --val data/val
       segdeploy fp16 model.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o model_fp16
     """
-    from ..precision.pipeline import make_fp16
-
     with progress_display(not as_json) as (progress, _):
         result = make_fp16(
             source, output, val_dir=val_dir, keep_fp32=keep_fp32, target=target,

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 
+from ..infer import segment_files, write_outputs
 from .common import echo_json, json_option
 
 
@@ -22,10 +24,6 @@ def infer(artifact, images, backend, input_size, out_dir, as_json):
     Example:
       segdeploy infer artifacts/deeplabv3plus street.jpg park.png -o predictions
     """
-    import numpy as np
-
-    from ..infer import segment_files, write_outputs
-
     results = []
     with click.progressbar(length=len(images), label="segmenting", file=click.get_text_stream("stderr"),
                            hidden=as_json) as bar:

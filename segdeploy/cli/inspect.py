@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import click
 
+from ..manifest import resolve_artifact
+from ..onnx_io import summarize_onnx
 from .common import echo_json, json_option
 
 
@@ -16,9 +18,6 @@ def inspect_cmd(artifact, as_json):
       segdeploy inspect artifacts/deeplabv3plus
       segdeploy inspect model.onnx --json
     """
-    from ..inspect import summarize_onnx
-    from ..manifest import resolve_artifact
-
     onnx_path, manifest = resolve_artifact(artifact)
     summary = summarize_onnx(onnx_path)
     if manifest:

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import click
 
+from ..errors import VerificationError
+from ..lint import lint_onnx, lint_report
+from ..manifest import resolve_artifact
 from .common import echo_json, json_option
 
 
@@ -29,10 +32,6 @@ def lint_cmd(model, target, dla, no_gpu_fallback, strict, as_json):
       segdeploy lint model_int8.onnx --target jetpack6.2 --dla
       segdeploy lint model.onnx --target trt10 --json
     """
-    from ..errors import VerificationError
-    from ..lint import lint_onnx, lint_report
-    from ..manifest import resolve_artifact
-
     if target is None:
         _, manifest = resolve_artifact(model)
         target = ((manifest or {}).get("onnx") or {}).get("target") or "trt11"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ..models import list_models
 from .common import echo_json, json_option
 
 OWN_CHECKPOINTS = "segdeploy state dict"
 
 
 def model_rows(family: str | None = None) -> list[dict]:
-    from ..models import list_models
-    from ..models.flops import model_complexity
+    from ..models.flops import model_complexity  # imports torch: not at `segdeploy --help`
 
     rows = []
     for spec in list_models():

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from ..precision.pipeline import make_int8
 from .fp16 import gate_options, gate_settings, normalisation, progress_display, report, source_options
 
 
 @click.command()
 @click.argument("source", type=click.Path())
 @click.option("--calib", "calib_dir", required=True, type=click.Path(file_okay=False), help="Calibration images (recursive; jpg/png/bmp).")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True, help="How activation ranges are chosen.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True,
+              help="How activation ranges are chosen.")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.999, show_default=True, help="With --method percentile.")
 @click.option("--batch", type=click.IntRange(1), default=8, show_default=True, help="Calibration batch (a fixed-batch graph uses its own).")
 @click.option("--min-images", type=click.IntRange(1), default=8, show_default=True, help="Fewest readable calibration images accepted.")
@@ -35,8 +37,6 @@ def quantize(source, calib_dir, method, percentile, batch, min_images, max_image
       segdeploy quantize out/dlv3p --calib data/calib --target cpu --method minmax
       segdeploy quantize model.onnx --calib photos --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --json
     """
-    from ..precision.pipeline import make_int8
-
     with progress_display(not as_json) as (progress, calibrated):
         result = make_int8(
             source, calib_dir, output, method=method, target=target, val_dir=val_dir, keep_float=keep_float,

@@ -2,18 +2,23 @@ from __future__ import annotations
 
 import click
 
+from ..backend.trt.engine_json import resolve_engine
+from ..backend.trt.profile import format_shape, parse_shape
+from ..backend.trt.verify import default_thresholds, raise_for_verification, verify_engine
 from .common import echo_json, json_option, progress_status
 
 
 @click.command()
 @click.argument("engine", type=click.Path())
 @click.option("--onnx", "onnx_path", type=click.Path(), help="The FP32 ONNX to compare with. Default: the one engine.json names.")
-@click.option("--images", type=click.Path(file_okay=False), help="Folder of images to run (resized to the profile's opt size). Default: generated pictures.")
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Folder of images to run (resized to the profile's opt size). Default: generated pictures.")
 @click.option("--count", type=click.IntRange(1), default=8, show_default=True, help="At most this many images from --images.")
 @click.option("--shape", "shapes", multiple=True, metavar="NxCxHxW",
               help="Input shape of the generated pictures, repeatable. Default: the profile's opt, min and max.")
 @click.option("--max-abs-diff", type=float, help="Largest allowed |engine - onnx|. Default by precision: fp32 1e-3, fp16 0.5, int8 5.")
-@click.option("--min-agreement", type=float, help="Smallest allowed argmax agreement (0..1). Default by precision: fp32 0.9999, fp16 0.99, int8 0.98.")
+@click.option("--min-agreement", type=float,
+              help="Smallest allowed argmax agreement (0..1). Default by precision: fp32 0.9999, fp16 0.99, int8 0.98.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated pictures.")
 @json_option
 def verify(engine, onnx_path, images, count, shapes, max_abs_diff, min_agreement, seed, as_json):
@@ -31,8 +36,6 @@ def verify(engine, onnx_path, images, count, shapes, max_abs_diff, min_agreement
       segdeploy verify out_fp16/model.engine --images val/ --count 16
       segdeploy verify out_int8 --min-agreement 0.99 --json
     """
-    from ..engine import default_thresholds, parse_shape, raise_for_verification, resolve_engine, verify_engine
-
     _, manifest = resolve_engine(engine)
     thresholds = default_thresholds(manifest.get("precision", "fp32"), max_abs_diff, min_agreement)
     parsed = [parse_shape(s, "--shape") for s in shapes] or None
@@ -51,8 +54,6 @@ def verify(engine, onnx_path, images, count, shapes, max_abs_diff, min_agreement
 
 
 def _print(report) -> None:
-    from ..engine import format_shape
-
     t = report.thresholds
     click.echo(f"{report.engine} ({report.precision}) vs {report.reference} (ONNX Runtime, FP32); "
                f"limits: max |Δ| <= {t.max_abs_diff:g}, argmax agreement >= {t.min_agreement:.2%}")

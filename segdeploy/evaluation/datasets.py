@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..preprocess import IMAGE_SUFFIXES, find_images, load_image
+from ..visualize import voc_palette
 
 LAYOUTS = ("voc", "cityscapes", "folders")
 IGNORE_INDEX = 255
@@ -78,7 +79,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def head(self, limit: int | None) -> "Dataset":
+    def head(self, limit: int | None) -> Dataset:
         """The first ``limit`` samples (all of them when ``limit`` is None)."""
         if limit is None or limit >= len(self.samples):
             return self
@@ -125,8 +126,6 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 def _colours_to_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
     """Colour-coded masks (a palette PNG saved as RGB): map the VOC palette's colours back to indices."""
-    from ..visualize import voc_palette
-
     palette = voc_palette().astype(np.int64)
     codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
     pixels = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]

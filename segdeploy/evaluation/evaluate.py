@@ -6,7 +6,7 @@ argmax, nearest-neighbour back to the image's size), so the score is the deploye
 With a dense CRF, the network scores are refined before the argmax, either at the image's
 resolution (scores resized bilinearly, the usual DeepLab post-processing) or at the network's.
 
-Metrics come from confusion matrices (``segdeploy.precision.metrics``), accumulated over the
+Metrics come from confusion matrices (``metrics``), accumulated over the
 whole set: mIoU over the classes present in the truth or the predictions, per-class IoU (NaN
 for a class that appears in neither), pixel accuracy; pixels labelled 255 are ignored. Between
 artifacts, pixel agreement is the share of all image pixels with the same predicted class.
@@ -17,27 +17,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from ..backend.base import make_runner
+from ..crf import CRFParams, dense_crf
 from ..errors import BadInputError
-from ..precision.metrics import confusion_matrix, mean_iou, pixel_accuracy
+from ..infer import labels_at, predict_logits
+from ..manifest import resolve_artifact
+from ..preprocess import resize
 from .datasets import IGNORE_INDEX, Dataset, Sample
+from .metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
 SCHEMA = "segdeploy.eval/1"
 CRF_AT = ("image", "input")
-
-
-def per_class_iou(confusion: np.ndarray) -> np.ndarray:
-    """IoU of each class in percent (rows of ``confusion`` = truth); NaN where the class is in neither."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    intersection = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, 100.0 * intersection / np.maximum(union, 1), np.nan)
 
 
 def scores(confusion: np.ndarray, class_names: list[str]) -> dict:
@@ -61,8 +57,6 @@ class CRFSettings:
     threads: int = 0  # CPU threads of the CRF; 0: every core
 
     def describe(self) -> dict:
-        from ..crf import CRFParams
-
         return {"at": self.at, "threads": self.threads, "params": dataclasses.asdict(self.params or CRFParams())}
 
 
@@ -88,7 +82,7 @@ class Candidate:
     def precision(self) -> str | None:
         return (self.manifest.get("onnx") or {}).get("precision")
 
-    def result(self, class_names: list[str], reference: "Candidate", crf: CRFSettings | None) -> dict:
+    def result(self, class_names: list[str], reference: Candidate, crf: CRFSettings | None) -> dict:
         block = {"artifact": str(self.artifact), "label": self.label, "backend": self.backend,
                  "precision": self.precision, **scores(self.confusion, class_names)}  # fmt: skip
         block["miou_delta"] = round(mean_iou(self.confusion) - mean_iou(reference.confusion), 4)
@@ -164,8 +158,6 @@ def artifact_labels(artifacts) -> list[str]:
 
 
 def open_candidates(artifacts, backends: list[str]) -> list[Candidate]:
-    from ..manifest import resolve_artifact
-
     if len(backends) == 1:
         backends = backends * len(artifacts)
     if len(backends) != len(artifacts):
@@ -204,10 +196,6 @@ def resize_scores(scores_chw: np.ndarray, height: int, width: int) -> np.ndarray
 
 def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings) -> np.ndarray:
     """uint8 labels at the image's size from the network's (C, h, w) scores refined by the dense CRF."""
-    from ..crf import dense_crf
-    from ..infer import labels_at
-    from ..preprocess import resize
-
     height, width = rgb.shape[:2]
     if settings.at == "image":
         unary, image = resize_scores(logits, height, width), rgb
@@ -230,9 +218,6 @@ def evaluate(
     on_sample: Callable[[SampleOutcome], None] | None = None,
 ) -> Evaluation:
     """Run every artifact over ``dataset``; ``on_sample`` sees each sample's predictions as they come."""
-    from ..backend.base import make_runner
-    from ..infer import labels_at, predict_logits
-
     if crf is not None and crf.at not in CRF_AT:
         raise BadInputError(f"CRF resolution must be one of {', '.join(CRF_AT)}, got {crf.at!r}")
     if len(dataset) == 0:

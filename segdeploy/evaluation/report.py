@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path
-from .evaluate import Evaluation, SampleOutcome, per_class_iou
+from ..visualize import label_image, overlay
+from .evaluate import Evaluation, SampleOutcome
 
 PLOT_HINT = "pip install 'segdeploy[plot]'"
 
@@ -98,8 +99,6 @@ class SampleWriter:
                 self._predictions("predictions_crf", outcome.sample.id, outcome.crf_predictions)
 
     def _predictions(self, folder: str, sample_id: str, predictions: list[np.ndarray]) -> None:
-        from ..visualize import label_image
-
         for label, prediction in zip(self.labels, predictions):
             base = self.out_dir / folder / (_safe(label) if len(self.labels) > 1 else "")
             with atomic_path(base / f"{sample_id}.png") as tmp:
@@ -107,8 +106,6 @@ class SampleWriter:
 
     def _overlay(self, outcome: SampleOutcome) -> Path:
         from PIL import Image, ImageDraw
-
-        from ..visualize import overlay
 
         panels = [("image", outcome.image), ("truth", overlay(outcome.image, outcome.mask))]
         panels += [(label, overlay(outcome.image, p)) for label, p in zip(self.labels, outcome.predictions)]
@@ -183,4 +180,4 @@ def _iou(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-__all__ = ["write_confusion_png", "write_confusion_pngs", "SampleWriter", "print_tables", "per_class_iou"]
+__all__ = ["write_confusion_png", "write_confusion_pngs", "SampleWriter", "print_tables"]

@@ -181,13 +181,7 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-@register_model(
-    "deeplabv1_vgg16_largefov",
-    family="DeepLab v1",
-    paper=DEEPLABV1_PAPER,
-    output_stride=8,
-    paper_params_m=20.5,
-)
+@register_model("deeplabv1_vgg16_largefov", family="DeepLab v1", paper=DEEPLABV1_PAPER, output_stride=8, paper_params_m=20.5)
 def deeplabv1_largefov(num_classes=21, rate=12):
     """DeepLab-LargeFOV (v1 paper, Table 2: 20.5M parameters)."""
     backbone = vgg16_features(deeplab_large_fov=True)
@@ -201,49 +195,19 @@ def deeplabv2(num_classes=21, backbone="resnet101", output_stride=8, atrous_rate
     return SegmentationModel(features, SummedASPP(features.channels[-1], num_classes, atrous_rates))
 
 
-@register_model(
-    "deeplabv3_resnet50",
-    family="DeepLabv3",
-    paper=DEEPLABV3_PAPER,
-    output_stride=8,
-    defaults={"backbone": "resnet50"},
-    checkpoints=("segdeploy state dict", "torchvision deeplabv3_resnet50"),
-)
-@register_model(
-    "deeplabv3_resnet101",
-    family="DeepLabv3",
-    paper=DEEPLABV3_PAPER,
-    output_stride=8,
-    defaults={"backbone": "resnet101"},
-    checkpoints=("segdeploy state dict", "torchvision deeplabv3_resnet101"),
-)
-@register_model(
-    "deeplabv3_mobilenetv2",
-    family="DeepLabv3",
-    paper=DEEPLABV3_PAPER,
-    output_stride=16,
-    defaults={"backbone": "mobilenetv2", "output_stride": 16},
-)
-@register_model(
-    "deeplabv3_mobilenetv3_large",
-    family="DeepLabv3",
-    paper=DEEPLABV3_PAPER,
-    output_stride=16,
-    defaults={"backbone": "mobilenetv3_large", "output_stride": 16, "atrous_rates": (12, 24, 36)},
-    checkpoints=("segdeploy state dict", "torchvision deeplabv3_mobilenet_v3_large"),
-)
-@register_model(
-    "deeplabv3_resnet50_smp",
-    family="DeepLabv3",
-    paper=DEEPLABV3_PAPER,
-    output_stride=8,
-    defaults={"backbone": "resnet50", "smp_layout": True},
-    checkpoints=(
-        "segdeploy state dict",
-        "segmentation_models_pytorch DeepLabV3(encoder_name='resnet50' or 'resnet101' with --model-arg "
-        "backbone=resnet101), default decoder arguments",
-    ),
-)
+@register_model("deeplabv3_resnet50", family="DeepLabv3", paper=DEEPLABV3_PAPER, output_stride=8, defaults={"backbone": "resnet50"},
+                checkpoints=("segdeploy state dict", "torchvision deeplabv3_resnet50"))
+@register_model("deeplabv3_resnet101", family="DeepLabv3", paper=DEEPLABV3_PAPER, output_stride=8, defaults={"backbone": "resnet101"},
+                checkpoints=("segdeploy state dict", "torchvision deeplabv3_resnet101"))
+@register_model("deeplabv3_mobilenetv2", family="DeepLabv3", paper=DEEPLABV3_PAPER, output_stride=16,
+                defaults={"backbone": "mobilenetv2", "output_stride": 16})
+@register_model("deeplabv3_mobilenetv3_large", family="DeepLabv3", paper=DEEPLABV3_PAPER, output_stride=16,
+                defaults={"backbone": "mobilenetv3_large", "output_stride": 16, "atrous_rates": (12, 24, 36)},
+                checkpoints=("segdeploy state dict", "torchvision deeplabv3_mobilenet_v3_large"))
+@register_model("deeplabv3_resnet50_smp", family="DeepLabv3", paper=DEEPLABV3_PAPER, output_stride=8,
+                defaults={"backbone": "resnet50", "smp_layout": True},
+                checkpoints=("segdeploy state dict", "segmentation_models_pytorch DeepLabV3(encoder_name='resnet50' or 'resnet101' "
+                             "with --model-arg backbone=resnet101), default decoder arguments"))
 def deeplabv3(
     num_classes=21, backbone="resnet50", output_stride=8, atrous_rates=None, multi_grid=None, smp_layout=False
 ):
@@ -257,34 +221,15 @@ def deeplabv3(
     return SegmentationModel(features, head, align_corners=smp_layout)
 
 
-@register_model(
-    "deeplabv3plus",
-    family="DeepLabv3+",
-    paper=DEEPLABV3PLUS_PAPER,
-    output_stride=16,
-    defaults={"backbone": "resnet50"},
-)
-@register_model(
-    "deeplabv3plus_resnet101",
-    family="DeepLabv3+",
-    paper=DEEPLABV3PLUS_PAPER,
-    output_stride=16,
-    defaults={"backbone": "resnet101"},
-)
-@register_model(
-    "deeplabv3plus_mobilenetv2",
-    family="DeepLabv3+",
-    paper=DEEPLABV3PLUS_PAPER,
-    output_stride=16,
-    defaults={"backbone": "mobilenetv2"},
-)
-@register_model(
-    "deeplabv3plus_xception65",
-    family="DeepLabv3+",
-    paper=DEEPLABV3PLUS_PAPER,
-    output_stride=16,
-    defaults={"backbone": "xception65", "separable": True},
-)
+#: The DeepLabv3+ variants: name -> constructor defaults (ASPP rates 6/12/18 at output stride 16).
+DEEPLABV3PLUS_VARIANTS = {
+    "deeplabv3plus": {"backbone": "resnet50"},
+    "deeplabv3plus_resnet101": {"backbone": "resnet101"},
+    "deeplabv3plus_mobilenetv2": {"backbone": "mobilenetv2"},
+    "deeplabv3plus_xception65": {"backbone": "xception65", "separable": True},
+}
+
+
 def deeplabv3plus(
     num_classes=21, backbone="resnet50", output_stride=16, atrous_rates=None, multi_grid=None, separable=False
 ):
@@ -295,3 +240,7 @@ def deeplabv3plus(
     features = build_backbone(backbone, output_stride, multi_grid)
     rates = atrous_rates or default_atrous_rates(output_stride)
     return DeepLabV3Plus(features, num_classes, rates, separable=separable)
+
+
+for _name, _defaults in DEEPLABV3PLUS_VARIANTS.items():
+    register_model(_name, family="DeepLabv3+", paper=DEEPLABV3PLUS_PAPER, output_stride=16, defaults=_defaults)(deeplabv3plus)

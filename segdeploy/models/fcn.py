@@ -96,22 +96,10 @@ def fcn_vgg16(num_classes=21, skips=2):
     return FCNVGG16(num_classes, skips)
 
 
-@register_model(
-    "fcn_resnet50",
-    family="FCN",
-    paper=FCN_PAPER,
-    output_stride=8,
-    defaults={"backbone": "resnet50"},
-    checkpoints=("segdeploy state dict", "torchvision fcn_resnet50"),
-)
-@register_model(
-    "fcn_resnet101",
-    family="FCN",
-    paper=FCN_PAPER,
-    output_stride=8,
-    defaults={"backbone": "resnet101"},
-    checkpoints=("segdeploy state dict", "torchvision fcn_resnet101"),
-)
+@register_model("fcn_resnet50", family="FCN", paper=FCN_PAPER, output_stride=8, defaults={"backbone": "resnet50"},
+                checkpoints=("segdeploy state dict", "torchvision fcn_resnet50"))
+@register_model("fcn_resnet101", family="FCN", paper=FCN_PAPER, output_stride=8, defaults={"backbone": "resnet101"},
+                checkpoints=("segdeploy state dict", "torchvision fcn_resnet101"))
 def fcn_resnet(num_classes=21, backbone="resnet50", output_stride=8):
     """FCN on a dilated ResNet (torchvision's layout)."""
     features = build_backbone(backbone, output_stride)

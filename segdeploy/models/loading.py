@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import BadInputError
+from .convert import to_segdeploy_state_dict
 from .registry import create_model, get_spec
 
 _MAX_LISTED = 8
@@ -56,12 +57,7 @@ def read_state_dict(path: str | Path) -> dict:
 def load_checkpoint(model, path: str | Path, spec=None) -> None:
     state = read_state_dict(path)
     if spec is not None:
-        try:
-            from .convert import to_segdeploy_state_dict
-        except ImportError:  # no foreign formats known yet: our own keys only
-            pass
-        else:
-            state = to_segdeploy_state_dict(spec, state)
+        state = to_segdeploy_state_dict(spec, state)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -86,5 +82,6 @@ def _num_classes_hint(state: dict, expected: dict) -> str:
     last_weight = [k for k in expected if k.endswith("weight")][-1:]
     for k in last_weight:
         if k in state and state[k].shape[0] != expected[k].shape[0]:
-            return f" — the checkpoint has {state[k].shape[0]} classes, the model {expected[k].shape[0]}: pass --num-classes {state[k].shape[0]}"
+            found, wanted = state[k].shape[0], expected[k].shape[0]
+            return f" — the checkpoint has {found} classes, the model {wanted}: pass --num-classes {found}"
     return ""

@@ -9,14 +9,18 @@ naming the parent by sha256, so ``bench`` and the TensorRT build treat all preci
 from __future__ import annotations
 
 import copy
-import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
+import onnx
+
+from .. import __version__
 from ..errors import BadInputError
-from ..fileio import atomic_path, sha256_file, write_json
-from ..manifest import MANIFEST_NAME, ONNX_NAME, SCHEMA, default_class_names, resolve_artifact
+from ..fileio import atomic_path, sha256_file
+from ..manifest import MANIFEST_NAME, ONNX_NAME, default_class_names, derived_manifest, new_manifest, onnx_file_section, write_manifest
+from ..onnx_io import default_opset, elem_type, graph_inputs, load_onnx, open_artifact, static_dims
 from ..preprocess import input_spec
 
 
@@ -45,22 +49,16 @@ def load_source(
     size: tuple[int, int] | None = None,
 ) -> Source:
     """Open an artifact or a foreign ONNX file; ``mean``/``std``/``scale``/``size`` override the manifest."""
-    import onnx
-
-    onnx_path, manifest = resolve_artifact(path)
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and others for non-ONNX bytes
-        raise BadInputError(f"{onnx_path}: not a readable ONNX file ({exc})") from None
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    artifact = open_artifact(path)
+    onnx_path, manifest, model = artifact.onnx_path, artifact.manifest, artifact.model
+    inputs = graph_inputs(model)
+    if len(inputs) != 1 or elem_type(inputs[0]) != onnx.TensorProto.FLOAT:
         raise BadInputError(f"{onnx_path}: expected one float32 image input, found {[i.name for i in inputs]}")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    dims = static_dims(inputs[0])
     if len(dims) != 4 or dims[1] not in (3, None):
         raise BadInputError(f"{onnx_path}: expected an NCHW RGB input (N, 3, H, W), found shape {dims}")
     output = model.graph.output[0]
-    if output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    if elem_type(output) != onnx.TensorProto.FLOAT:
         raise BadInputError(f"{onnx_path}: expects an FP32 model; its output {output.name!r} is not float32")
 
     foreign = manifest is None
@@ -76,8 +74,7 @@ def load_source(
             spec["scale"] = float(scale)
         if size is not None:
             spec["size"] = [int(s) for s in size]
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return Source(onnx_path, manifest, foreign, inputs[0].name, dims[0], sha256_file(onnx_path), opset)
+    return Source(onnx_path, manifest, foreign, inputs[0].name, dims[0], sha256_file(onnx_path), default_opset(model) or 0)
 
 
 def _foreign_manifest(onnx_path: Path, model, dims, mean, std, scale, size) -> dict:
@@ -93,16 +90,15 @@ def _foreign_manifest(onnx_path: Path, model, dims, mean, std, scale, size) -> d
     if scale is not None:
         spec["scale"] = float(scale)
     spec["name"] = model.graph.input[0].name
-    output_dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+    output_dims = static_dims(model.graph.output[0])
     classes = default_class_names(output_dims[1]) if len(output_dims) == 4 and output_dims[1] else []
-    return {
-        "schema": SCHEMA,
-        "model": {"name": onnx_path.name, "args": {}},
-        "classes": classes,
-        "input": spec,
-        "output": {"name": model.graph.output[0].name, "dtype": "float32", "layout": "NCHW"},
-        "onnx": {"file": ONNX_NAME, "sha256": sha256_file(onnx_path), "precision": "fp32", "target": None},
-    }
+    return new_manifest(
+        model={"name": onnx_path.name, "args": {}},
+        classes=classes,
+        input_spec=spec,
+        output={"name": model.graph.output[0].name, "dtype": "float32", "layout": "NCHW"},
+        onnx={"file": ONNX_NAME, "sha256": sha256_file(onnx_path), "precision": "fp32", "target": None},
+    )
 
 
 def output_dir_for(source: Source, output_dir: str | os.PathLike | None, precision: str) -> Path:
@@ -120,35 +116,23 @@ def output_dir_for(source: Source, output_dir: str | os.PathLike | None, precisi
 
 def write_artifact(output_dir: Path, model_file: Path, source: Source, precision: str, target: str | None, sections: dict) -> dict:
     """Move ``model_file`` to ``output_dir/model.onnx`` and write its manifest; returns the manifest."""
-    import onnx
-
     output_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output_dir / ONNX_NAME) as tmp:
+    onnx_path = output_dir / ONNX_NAME
+    with atomic_path(onnx_path) as tmp:
         os.replace(model_file, tmp)
-    model = onnx.load(str(output_dir / ONNX_NAME), load_external_data=False)
-    manifest = copy.deepcopy(source.manifest)
-    manifest["onnx"] = {
-        **manifest.get("onnx", {}),
-        "file": ONNX_NAME,
-        "sha256": sha256_file(output_dir / ONNX_NAME),
-        "bytes": (output_dir / ONNX_NAME).stat().st_size,
-        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-        "precision": precision,
-        "target": target,
-    }
-    manifest["parent"] = {"onnx": str(source.onnx_path.resolve()), "sha256": source.sha256, "precision": "fp32"}
-    manifest["versions"] = {**manifest.get("versions", {}), **tool_versions()}
-    manifest.update(sections)
-    manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_json(output_dir / MANIFEST_NAME, manifest)
+    opset = default_opset(load_onnx(onnx_path, load_external_data=False))
+    manifest = derived_manifest(
+        source.manifest,
+        onnx=onnx_file_section(onnx_path, opset=opset, precision=precision, target=target),
+        parent_file={"onnx": str(source.onnx_path.resolve()), "sha256": source.sha256, "precision": "fp32"},
+        versions=tool_versions(),
+        **sections,
+    )
+    write_manifest(output_dir, manifest)
     return manifest
 
 
 def tool_versions() -> dict:
-    import numpy
-    import onnx
     import onnxruntime
-
-    from .. import __version__
 
     return {"segdeploy": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}

@@ -16,9 +16,11 @@ FP16 tensors between layers), so the FP16 decisions can be checked without a GPU
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..backend.onnxrt.runner import import_onnxruntime
 from ..errors import MissingDependencyError, VerificationError
 from .data import ImageSet
 from .graph import sort_topologically
@@ -113,10 +115,6 @@ def check_float32_io(model: onnx.ModelProto) -> None:
 def overflowing_nodes(model: onnx.ModelProto, images: ImageSet, spec: dict, input_name: str) -> list[str]:
     """Nodes that produce or consume a tensor whose FP32 values on ``images`` exceed OVERFLOW_SHARE of
     the FP16 range: both ends stay FP32, so the tensor is never cast to FP16."""
-    import numpy as np
-
-    from ..backend.onnxrt.runner import import_onnxruntime
-
     ort = import_onnxruntime()
     probe = onnx.shape_inference.infer_shapes(model)
     known = {v.name: v for v in probe.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}

@@ -14,11 +14,11 @@ The builder is any ``build(keep: frozenset[str]) -> Path``, so INT8 and FP16 sha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from .evaluate import Comparison, Reference, compare, open_session
+from .comparison import Comparison, Reference, compare, open_session
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def layer_macs(path: Path, spec: dict) -> dict[str, int]:
         model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # shape inference gives up on some foreign graphs; MACs are only a report
         return {}
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    values = [*model.graph.input, *model.graph.value_info, *model.graph.output]
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
     macs = {}
     for node in model.graph.node:

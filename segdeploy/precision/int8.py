@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..errors import BadInputError, MissingDependencyError, VerificationError
 from .data import ImageSet
@@ -108,7 +109,9 @@ class Int8Builder:
     @property
     def _calibrate_method(self):
         q = _quantization_api()
-        return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}[self.method]
+        methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                   "percentile": q.CalibrationMethod.Percentile}
+        return methods[self.method]
 
     def candidates(self) -> list[tuple[str, str]]:
         """(node name, op type) of the weighted layers: the ones sensitivity analysis may keep in float."""
@@ -185,8 +188,6 @@ def tensorrt_qdq_violations(model: Path | onnx.ModelProto) -> list[str]:
     quantized bias), and weights of Conv/ConvTranspose are quantized per channel on the
     output-channel axis.
     """
-    from onnx import numpy_helper
-
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     constants = {i.name: i for i in model.graph.initializer}
@@ -218,7 +219,8 @@ def tensorrt_qdq_violations(model: Path | onnx.ModelProto) -> list[str]:
             continue  # a layer kept in float
         scale = constants.get(dequantize.input[1])
         axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
-        channels = numpy_helper.to_array(constants[dequantize.input[0]]).shape[WEIGHT_CHANNEL_AXIS[node.op_type]] if dequantize.input[0] in constants else None
+        weight = constants.get(dequantize.input[0])
+        channels = numpy_helper.to_array(weight).shape[WEIGHT_CHANNEL_AXIS[node.op_type]] if weight is not None else None
         if scale is None or len(scale.dims) != 1 or axis != WEIGHT_CHANNEL_AXIS[node.op_type] or (channels and scale.dims[0] != channels):
             problems.append(f"{node.name}: weights not per-channel on axis {WEIGHT_CHANNEL_AXIS[node.op_type]}")
     return problems

@@ -14,20 +14,26 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+
+import numpy as np
+import onnx
 
 from ..errors import BadInputError
 from ..fileio import sha256_file
+from ..fixtures.scenes import generate_scenes
 from ..manifest import MANIFEST_NAME, ONNX_NAME, read_manifest
 from ..preprocess import IMAGE_SUFFIXES
 from ..targets import DEFAULT_TARGET, get_target
 from .artifact import Source, load_source, output_dir_for, tool_versions, write_artifact
+from .comparison import DEFAULT_BATCH, Reference, compare, measure_latency, open_session
 from .data import ImageSet, folder_fingerprint, image_folder_files, load_image_set
-from .evaluate import DEFAULT_BATCH, Reference, compare, measure_latency, open_session
+from .fp16 import convert_to_fp16, overflowing_nodes
 from .gate import Budget, GateOutcome, run_gate
 from .graph import layer_macs, name_nodes, weighted_layers
+from .int8 import SCHEMES, Int8Builder
 
 #: Probe images generated when no --val folder is given to ``fp16`` (seeded, so results repeat).
 GENERATED_PROBE = {"count": 8, "seed": 20240}
@@ -92,10 +98,6 @@ def make_fp16(
     progress: Callable[[str], None] = _no_progress,
 ) -> PrecisionResult:
     """An FP16 artifact of the FP32 model at ``path``, checked against it on ``val_dir`` (or generated scenes)."""
-    import onnx
-
-    from .fp16 import convert_to_fp16, overflowing_nodes
-
     source = load_source(path, **asdict(normalisation))
     profile = _target(source, target, default=None)
     output_dir = output_dir_for(source, output_dir, "fp16")
@@ -157,8 +159,6 @@ def make_int8(
 
     ``calibration_progress(done, total)`` is called after each calibration batch.
     """
-    from .int8 import SCHEMES, Int8Builder
-
     source = load_source(path, **asdict(normalisation))
     profile = _target(source, target, default=DEFAULT_TARGET)
     scheme = SCHEMES[profile.quantization]
@@ -209,7 +209,8 @@ def make_int8(
         candidates = builder.candidates()
         unknown = set(keep_float) - {name for name, _ in candidates}
         if unknown:
-            raise BadInputError(f"--keep-float: no weighted layer named {', '.join(sorted(unknown))} (see the manifest's sensitivity ranking)")
+            raise BadInputError(f"--keep-float: no weighted layer named {', '.join(sorted(unknown))} "
+                                "(see the manifest's sensitivity ranking)")
         section = {
             "key": key,
             "quantizer": "onnxruntime.quantization (QDQ)",
@@ -275,7 +276,8 @@ def _cost(outcome: GateOutcome, source: Source, layers_model: Path, progress) ->
         batch = source.batch or 1
         reduced = measure_latency(open_session(outcome.initial_model), source.spec, batch)
         final = measure_latency(open_session(outcome.model), source.spec, batch)
-        cost["latency_ms"] = {"runtime": "onnxruntime-cpu", "fully_reduced": round(reduced, 3), "final": round(final, 3), "ratio": round(final / reduced, 3)}
+        cost["latency_ms"] = {"runtime": "onnxruntime-cpu", "fully_reduced": round(reduced, 3), "final": round(final, 3),
+                              "ratio": round(final / reduced, 3)}
     return cost
 
 
@@ -284,9 +286,6 @@ def _validation_set(source: Source, val_dir, fallback: ImageSet | None) -> Image
         return load_image_set(val_dir, source.spec, purpose="validation")
     if fallback is not None:
         return replace(fallback, root=Path(f"{fallback.root} (calibration images: no --val given)"))
-    import numpy as np
-
-    from ..fixtures.scenes import generate_scenes
 
     height, width = source.spec["size"]
     scenes = generate_scenes(GENERATED_PROBE["count"], height, width, seed=GENERATED_PROBE["seed"])
@@ -321,7 +320,8 @@ def _fingerprint(folder, purpose: str, max_images: int | None = None) -> str:
 
 
 def _key(source: Source, kind: str, settings: dict, *extra) -> str:
-    payload = {"kind": kind, "parent": source.sha256, "input": source.spec, "settings": settings, "extra": extra, "versions": tool_versions()}
+    payload = {"kind": kind, "parent": source.sha256, "input": source.spec, "settings": settings, "extra": extra,
+               "versions": tool_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -56,7 +56,7 @@ class OnnxrtRunner(Runner):
     def from_artifact(cls, onnx_path, manifest=None, threads: int | None = None, providers=("CPUExecutionProvider",), **_):
         options = None
         if manifest and manifest.get("crf"):
-            from ...crf_onnx import register_crf_ort  # the graph ends in segdeploy's DenseCRF node
+            from ...crf import register_crf_ort  # the graph ends in segdeploy's DenseCRF node
 
             options = register_crf_ort(import_onnxruntime().SessionOptions())
         return cls(SessionFromOnnx(onnx_path, providers=providers, threads=threads, session_options=options))

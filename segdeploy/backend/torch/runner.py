@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...crf import CRFParams, dense_crf
 from ...errors import BadInputError
+from ...models.loading import build_model
 from ...optional import require
 from ..base import Runner
 
@@ -23,8 +25,6 @@ class ModelFromManifest:
         self.model_info = manifest["model"]
 
     def __call__(self):
-        from ...models.loading import build_model
-
         info = self.model_info
         return build_model(info["name"], info.get("args", {}), checkpoint=info.get("checkpoint"), seed=info.get("seed", 0))
 
@@ -105,8 +105,6 @@ class TorchRunner(Runner):
         outputs = {name: t.float().cpu().numpy() for name, t in zip(self.output_names, outs)}
         if not self.crf:
             return outputs
-        from ...crf import CRFParams, dense_crf
-
         probabilities, labels = dense_crf(outputs["logits"], feed[self.crf["image_input"]], CRFParams(**self.crf["params"]))
         return {"probabilities": probabilities, "labels": labels}
 

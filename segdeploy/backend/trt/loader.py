@@ -1,15 +1,10 @@
 """TensorRT loaders: import, plugins, build (through Polygraphy's loaders) and deserialization.
 
-Supported releases and the API each path uses:
-
-* 8.5 / 8.6: ``EXPLICIT_BATCH`` networks (Polygraphy sets the flag below 10), FP16/INT8
-  builder flags, name-based I/O (``num_io_tensors``, ``get_tensor_name``, ``set_input_shape``,
-  ``set_tensor_address``, ``execute_async_v3``), ``build_serialized_network``.
-* 10.x: the same runtime API; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; no precision
-  flags; ``IProgressMonitor`` for build progress; plugin libraries may also export
-  ``getCreators`` for ``IPluginRegistry.load_library``.
-* 11.x: networks are always strongly typed (no flag), weak-typing builder flags are gone;
-  ``device_memory_size_v2`` replaces ``device_memory_size``.
+The only module that imports TensorRT (inside :func:`import_tensorrt`). Every supported release
+(8.5 .. 11.x) has the name-based I/O API used here and by the runner (``num_io_tensors``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``); where releases differ the plan
+says how (``releases.FEATURES``), and the few API additions (``IProgressMonitor``,
+``IPluginRegistry.load_library``) are probed with ``hasattr``.
 
 The build itself is Polygraphy's ``NetworkFromOnnxPath`` -> ``CreateConfig`` ->
 ``EngineBytesFromNetwork`` (which merges and saves the timing cache); segdeploy adds the
@@ -21,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import re
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ...errors import MissingDependencyError, SegdeployError
+from .cuda import cuda_api
+from .releases import is_jetson, jetpack_release, l4t_release, parse_version
 
 
 class TensorRTMissingError(MissingDependencyError):
@@ -51,8 +51,6 @@ def import_tensorrt():
 
 
 def tensorrt_version() -> tuple[int, ...]:
-    from ...engine import parse_version
-
     return parse_version(import_tensorrt().__version__)
 
 
@@ -140,7 +138,7 @@ def _progress_monitor(progress):
 
 
 def build_serialized_engine(plan, progress=lambda message: None):
-    """(serialized engine, build seconds) for a :class:`segdeploy.engine.BuildPlan`."""
+    """(serialized engine, build seconds) for a :class:`segdeploy.backend.trt.plan.BuildPlan`."""
     trt = import_tensorrt()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
 
@@ -239,8 +237,6 @@ def engine_io(engine_and_runtime) -> list[dict]:
 
 
 def _dtype_name(dtype) -> str:
-    import numpy as np
-
     trt = import_tensorrt()
     try:
         return np.dtype(trt.nptype(dtype)).name
@@ -250,10 +246,6 @@ def _dtype_name(dtype) -> str:
 
 def runtime_info(cuda=None) -> dict:
     """This machine as engine.json records it: TensorRT and CUDA versions, GPU, Jetson release."""
-    from ...engine import jetpack_release
-    from ...jetson import is_jetson, l4t_release
-    from .cuda import cuda_api
-
     trt = import_tensorrt()
     api = cuda or cuda_api()
     try:
@@ -275,8 +267,6 @@ def runtime_info(cuda=None) -> dict:
 
 def _driver_version() -> str | None:
     """The kernel driver's version (``580.159.04``), where /proc tells it (desktop drivers)."""
-    import re
-
     try:
         text = Path("/proc/driver/nvidia/version").read_text()
     except OSError:

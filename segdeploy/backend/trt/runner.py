@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BadInputError, SegdeployError
+from ...fileio import sha256_file
 from ..base import Runner
+from . import loader
+from .cuda import cuda_api
+from .engine_json import check_engine, resolve_engine
+from .plan import ENGINE_NAME, plugin_library_path
 
 
 class EngineFromPath:
@@ -26,9 +31,6 @@ class EngineFromPath:
         self.path = Path(path)
 
     def __call__(self, cuda=None):
-        from ...engine import check_engine, plugin_library_path, resolve_engine
-        from . import loader
-
         engine_path, manifest = resolve_engine(self.path)
         loader.import_tensorrt()
         warnings = check_engine(manifest, engine_path, loader.runtime_info(cuda))
@@ -36,14 +38,12 @@ class EngineFromPath:
         for entry in manifest["tensorrt"].get("plugins") or []:
             library = plugin_library_path()
             if not library.is_file():
-                raise BadInputError(f"{engine_path}: uses segdeploy's TensorRT plugins ({', '.join(manifest['tensorrt'].get('custom_ops') or [])}), "
+                ops = ", ".join(manifest["tensorrt"].get("custom_ops") or [])
+                raise BadInputError(f"{engine_path}: uses segdeploy's TensorRT plugins ({ops}), "
                                     f"and the plugin library {library} does not exist; build it from kernels/ or set "
                                     "SEGDEPLOY_TRT_PLUGIN_LIB")
-            if entry.get("sha256"):
-                from ...fileio import sha256_file
-
-                if sha256_file(library) != entry["sha256"]:
-                    warnings.append(f"{library}: differs from the plugin library the engine was built with")
+            if entry.get("sha256") and sha256_file(library) != entry["sha256"]:
+                warnings.append(f"{library}: differs from the plugin library the engine was built with")
             plugins.append(library)
         engine, runtime = loader.deserialize(engine_path.read_bytes(), plugins)
         return engine, runtime, manifest, warnings
@@ -69,8 +69,6 @@ class TrtRunner(Runner):
     @classmethod
     def from_artifact(cls, onnx_path, manifest=None, engine=None, cuda: str | None = None, **_):
         """The engine beside an artifact's ONNX file (``segdeploy build`` writes it there), or ``engine``."""
-        from ...engine import ENGINE_NAME
-
         path = Path(engine) if engine else Path(onnx_path).parent / ENGINE_NAME
         if not path.exists():
             raise BadInputError(f"{path}: no TensorRT engine; build one with `segdeploy build {Path(onnx_path).parent}`")
@@ -83,9 +81,6 @@ class TrtRunner(Runner):
     # ------------------------------------------------------------------ lifetime
 
     def activate(self):
-        from . import loader
-        from .cuda import cuda_api
-
         trt = loader.import_tensorrt()
         self.cuda = cuda_api(self.cuda_preference)
         try:

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend.onnxrt.runner import SessionFromOnnx
+from ..evaluation.metrics import confusion_matrix, mean_iou
 from .data import ImageSet
-from .metrics import confusion_matrix, mean_iou
 
 #: Images per inference call when the graph's batch dimension is dynamic.
 DEFAULT_BATCH = 8
 
 
 def open_session(path: str | Path, threads: int | None = None):
-    from ..backend.onnxrt.runner import SessionFromOnnx
-
     return SessionFromOnnx(path, threads=threads)()
 
 

@@ -22,18 +22,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .crf import CRFParams, dense_crf
-from .errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError, MissingDependencyError
+from ..onnx_io import tensor_dims
+from ._binding import UNARY_KINDS
+from .params import CRFParams
+from .refine import dense_crf
 
 CRF_DOMAIN = "ai.onnx.contrib"
 CRF_OP_TYPE = "DenseCRF"
 _FLOAT_ATTRIBUTES = ("spatial_weight", "spatial_theta", "bilateral_weight", "bilateral_theta_xy", "bilateral_theta_rgb")
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list:
-    """The tensor's dimensions as ints or symbolic names (None where unknown)."""
-    shape = value_info.type.tensor_type.shape
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
 
 
 def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", image_name: str = "image",
@@ -52,8 +49,8 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
     params.to_c()  # validates the normalisation and the iteration count
     if image_layout not in ("hwc", "chw"):
         raise BadInputError(f"image_layout must be 'hwc' or 'chw', got {image_layout!r}")
-    if unary_kind not in ("logits", "probabilities", "neg_log_prob"):
-        raise BadInputError(f"unary_kind must be logits, probabilities or neg_log_prob, got {unary_kind!r}")
+    if unary_kind not in UNARY_KINDS:
+        raise BadInputError(f"unary_kind must be one of {sorted(UNARY_KINDS)}, got {unary_kind!r}")
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -65,7 +62,7 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
         if name in taken:
             raise BadInputError(f"the model already has a tensor named {name!r}; pick another name")
     logits = outputs[logits_name]
-    dims = _dims(logits)
+    dims = tensor_dims(logits)
     if len(dims) != 4:
         raise BadInputError(f"output {logits_name!r} must be (N, C, H, W), its shape is {dims}")
     batch, classes, height, width = dims

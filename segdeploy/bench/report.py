@@ -6,15 +6,16 @@ import json
 import os
 from pathlib import Path
 
-from .errors import BadInputError
-from .optional import require
+from ..errors import BadInputError
+from ..fileio import atomic_path
+from ..optional import require
+from .run import SCHEMA_FILE
+from .timing import NOISY_CV
 
 
 def load_report(path: str | os.PathLike) -> dict:
     """Read a ``segdeploy bench --json`` document and check it against its schema."""
     import jsonschema
-
-    from .bench import SCHEMA_FILE
 
     path = Path(path)
     try:
@@ -51,8 +52,9 @@ def print_table(report: dict) -> None:
     title = f"{', '.join(filter(None, report['models'])) or report['artifacts'][0]} · {s['height']}x{s['width']}"
     table = Table(title=title)
     first = report["results"][0]
+    baseline = _row_label(first) if several_artifacts else first["backend"]
     columns = ["artifact · backend" if several_artifacts else "backend", "batch", "median ms", "p90 ms", "p99 ms",
-               "mean ± std ms", "images/s", "GPU ms", "peak RSS MB", "mJ/frame", f"speed vs {_row_label(first) if several_artifacts else first['backend']}"]
+               "mean ± std ms", "images/s", "GPU ms", "peak RSS MB", "mJ/frame", f"speed vs {baseline}"]
     for column in columns:
         table.add_column(column, justify="left" if column.startswith(("backend", "artifact")) else "right", no_wrap=True)
     for r in report["results"]:
@@ -66,7 +68,7 @@ def print_table(report: dict) -> None:
                       f"{p['mean_ms']:.2f} ± {p['std_ms']:.2f}", "", "", "", "", "")
     console = wide_console()
     console.print(table)
-    noisy = sorted({_row_label(r) for r in report["results"] if r["cv"] > 0.1})
+    noisy = sorted({_row_label(r) for r in report["results"] if r["cv"] > NOISY_CV})
     if noisy:
         console.print(f"[yellow]warning:[/yellow] noisy timings (CV > 10%) for {', '.join(noisy)}: the machine was busy; "
                       "use --iterations, --seconds or --warmup auto")
@@ -115,8 +117,6 @@ def _pyplot():
 def write_plots(report: dict, folder: str | os.PathLike) -> list[Path]:
     """``latency.png`` (distribution per artifact/backend) and, when accuracies are known,
     ``accuracy_vs_latency.png`` (one point per artifact and backend)."""
-    from .fileio import atomic_path
-
     plt = _pyplot()
     folder = Path(folder)
     written = []
@@ -129,7 +129,7 @@ def write_plots(report: dict, folder: str | os.PathLike) -> list[Path]:
     ax.set_ylabel("latency per batch (ms)")
     ax.set_title(f"latency distribution · batch {results[0]['batch']} · {report['settings']['height']}x{report['settings']['width']}")
     fig.tight_layout()
-    written.append(_save(fig, folder / "latency.png", plt, atomic_path))
+    written.append(_save(fig, folder / "latency.png", plt))
 
     accuracy = report.get("accuracy") or {}
     points = [(r, accuracy.get(r["artifact"])) for r in results if accuracy.get(r["artifact"]) is not None]
@@ -143,11 +143,11 @@ def write_plots(report: dict, folder: str | os.PathLike) -> list[Path]:
         ax.set_ylabel("argmax agreement with FP32 (%)")
         ax.set_title("accuracy vs latency")
         fig.tight_layout()
-        written.append(_save(fig, folder / "accuracy_vs_latency.png", plt, atomic_path))
+        written.append(_save(fig, folder / "accuracy_vs_latency.png", plt))
     return written
 
 
-def _save(fig, path: Path, plt, atomic_path) -> Path:
+def _save(fig, path: Path, plt) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -1,4 +1,6 @@
-"""Segmentation agreement metrics on class-id maps (numpy only)."""
+"""Segmentation metrics on class-id maps (numpy only): confusion matrix, mIoU, per-class IoU,
+pixel accuracy. ``segdeploy eval`` scores data sets with them, ``segdeploy fp16``/``quantize``
+compare a precision with FP32, the training fixture scores itself."""
 
 from __future__ import annotations
 
@@ -20,6 +22,15 @@ def mean_iou(confusion: np.ndarray) -> float:
     union = confusion.sum(0) + confusion.sum(1) - intersection
     present = union > 0
     return float(100.0 * np.mean(intersection[present] / union[present])) if present.any() else 100.0
+
+
+def per_class_iou(confusion: np.ndarray) -> np.ndarray:
+    """IoU of each class in percent (rows of ``confusion`` = truth); NaN where the class is in neither."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, 100.0 * intersection / np.maximum(union, 1), np.nan)
 
 
 def pixel_accuracy(confusion: np.ndarray) -> float:

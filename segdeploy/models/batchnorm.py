@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import create_model
 
 #: Floor of calibrated variances (see calibrate_batch_norm).
 MIN_VARIANCE = 1e-2
@@ -43,7 +44,5 @@ def calibrate_batch_norm(model: nn.Module, input_size: tuple[int, int], *, batch
 def calibrated_state_dict(name: str, input_size: tuple[int, int], *, seed=0, **model_kwargs) -> dict:
     """The state dict of registered variant ``name``, randomly initialised from ``seed`` and
     BN-calibrated at ``input_size``: stand-in weights for exports, tests and benchmarks."""
-    from .registry import create_model
-
     torch.manual_seed(seed)
     return calibrate_batch_norm(create_model(name, **model_kwargs), input_size, seed=seed).state_dict()

@@ -2,18 +2,9 @@
 
 Where TensorRT's Python package is missing - a Jetson outside JetPack's system Python, a CI
 machine - ``segdeploy build`` prints this command instead of building; on a Jetson trtexec is
-always installed (``/usr/src/tensorrt/bin/trtexec``). Flags follow the target's release:
-
-================================  ======================  ======================  =====================
-what                              8.5 / 8.6 (JetPack 5/6.0)  10.x                    11.x
-================================  ======================  ======================  =====================
-typing                            weak: ``--fp16``/``--int8`` ``--stronglyTyped``     always strong (no flag)
-plugins (IPluginV3: 10+ only)     (none possible)          ``--dynamicPlugins=LIB`` ``--dynamicPlugins=LIB``
-workspace                         ``--memPoolSize=workspace:N`` (MiB) in all
-opt level, version/hw compat      8.6 only                 yes                     yes
-================================  ======================  ======================  =====================
-
-TF32 is off (``--noTF32``) as in segdeploy's own builds, so FP32 engines match the ONNX file.
+always installed (``/usr/src/tensorrt/bin/trtexec``). The flags that depend on the target's
+release come from ``releases.FEATURES``. TF32 is off (``--noTF32``) as in segdeploy's own
+builds, so FP32 engines match the ONNX file.
 """
 
 from __future__ import annotations
@@ -22,7 +13,12 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .engine import HARDWARE_COMPAT_LEVEL, JETSON_TRTEXEC, BuildPlan, default_timing_cache, format_shape
+from .plan import BuildPlan, default_timing_cache
+from .profile import format_shape
+from .releases import HARDWARE_COMPAT_LEVEL, trtexec_flag
+
+#: trtexec's home on JetPack, where it is not on PATH.
+JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 
 
 def find_trtexec() -> str | None:
@@ -46,25 +42,25 @@ def trtexec_args(plan: BuildPlan, trtexec: str | None = None) -> list[str]:
             shapes = ",".join(f"{_tensor(name)}:{format_shape(getattr(r, which))}" for name, r in plan.profiles.items())
             args.append(f"--{which}Shapes={shapes}")
     if plan.strong_typing == "flag":
-        args.append("--stronglyTyped")
-    args += [f"--{flag}" for flag in plan.precision_flags]
+        args.append(trtexec_flag("strongly_typed_flag"))
+    args += [trtexec_flag("precision_flags", precision=flag) for flag in plan.precision_flags]
     args.append("--noTF32")
     if plan.workspace_mib:
         args.append(f"--memPoolSize=workspace:{int(plan.workspace_mib)}")
     if plan.dla_core is not None:
-        args.append(f"--useDLACore={plan.dla_core}")
+        args.append(trtexec_flag("dla", core=plan.dla_core))
         if plan.gpu_fallback:
             args.append("--allowGPUFallback")
     for library in plan.plugins:
         # segdeploy's plugin library exports getCreators(): IPluginRegistry::loadLibrary loads it.
-        args.append(f"--dynamicPlugins={library}")
+        args.append(trtexec_flag("ipluginv3", library=library))
     args.append(f"--timingCacheFile={plan.timing_cache or default_timing_cache(plan.target.name)}")
     if plan.opt_level is not None:
-        args.append(f"--builderOptimizationLevel={plan.opt_level}")
+        args.append(trtexec_flag("builder_optimization_level", level=plan.opt_level))
     if plan.version_compatible:
-        args.append("--versionCompatible")
+        args.append(trtexec_flag("version_compatible"))
     if plan.hardware_compat:
-        args.append(f"--hardwareCompatibilityLevel={HARDWARE_COMPAT_LEVEL}")
+        args.append(trtexec_flag("hardware_compatibility_level", level=HARDWARE_COMPAT_LEVEL))
     args.append("--skipInference")
     return args
 

@@ -13,18 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def is_jetson(root: Path = Path("/")) -> bool:
-    return (root / "etc/nv_tegra_release").is_file()
-
-
-def l4t_release(root: Path = Path("/")) -> str | None:
-    """``R36.4.3`` from ``# R36 (release), REVISION: 4.3, ...``."""
-    path = root / "etc/nv_tegra_release"
-    if not path.is_file():
-        return None
-    match = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", path.read_text())
-    return f"R{match.group(1)}.{match.group(2)}" if match else None
+from ..backend.trt.releases import is_jetson, l4t_release
 
 
 def power_mode(root: Path = Path("/")) -> str | None:

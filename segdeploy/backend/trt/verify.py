@@ -1,0 +1,140 @@
+"""``segdeploy verify``: an engine against the FP32 ONNX it descends from, on the same inputs.
+
+The engine runs in TensorRT, the reference in ONNX Runtime on the CPU; their first outputs are
+compared with the parity gate's measures (max |Δ|, argmax agreement) against per-precision
+thresholds. The engine file is checked against engine.json first, so a changed file is refused
+without TensorRT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BadInputError, VerificationError
+from ...fileio import sha256_file
+from ...parity import Thresholds, compare_outputs, sample_images
+from ...preprocess import find_images, preprocess_files
+from ..onnxrt.runner import OnnxrtRunner, SessionFromOnnx
+from .engine_json import check_engine, resolve_engine
+from .profile import ShapeRange, format_shape
+from .runner import TrtRunner
+
+#: Default thresholds per precision (max |Δ|, argmax agreement): engine vs the FP32 ONNX in ONNX Runtime.
+VERIFY_THRESHOLDS = {"fp32": (1e-3, 0.9999), "fp16": (0.5, 0.99), "int8": (5.0, 0.98)}
+
+
+@dataclass
+class VerifyReport:
+    engine: Path
+    reference: Path
+    precision: str
+    thresholds: Thresholds
+    results: list
+    warnings: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def to_json(self) -> dict:
+        return {
+            "engine": str(self.engine),
+            "reference": str(self.reference),
+            "precision": self.precision,
+            "thresholds": {"max_abs_diff": self.thresholds.max_abs_diff, "min_agreement": self.thresholds.min_agreement},
+            "passed": self.passed,
+            "results": [r.to_json() for r in self.results],
+            "warnings": self.warnings,
+        }
+
+
+def default_thresholds(precision: str, max_abs_diff=None, min_agreement=None) -> Thresholds:
+    """The precision's thresholds, where not given."""
+    diff, agreement = VERIFY_THRESHOLDS.get(precision, VERIFY_THRESHOLDS["fp32"])
+    return Thresholds(diff if max_abs_diff is None else max_abs_diff, agreement if min_agreement is None else min_agreement)
+
+
+def find_reference(engine_path: Path, manifest: dict, onnx=None) -> Path:
+    """The FP32 ONNX to compare with: ``onnx`` or engine.json's ``reference_onnx``, sha256-checked."""
+    recorded = manifest.get("reference_onnx") or {}
+    if onnx is not None:
+        path = Path(onnx)
+        if path.is_dir():
+            path = path / "model.onnx"
+    elif recorded.get("path"):
+        path = Path(recorded["path"])
+        if not path.is_absolute():
+            path = engine_path.parent / path
+    else:
+        raise BadInputError(f"{engine_path}: engine.json does not name the FP32 ONNX it descends from; give it with --onnx")
+    if not path.is_file():
+        raise BadInputError(f"{path}: the FP32 ONNX to verify against is not there; give its path with --onnx")
+    if recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
+        raise BadInputError(f"{path}: is not the FP32 ONNX this engine descends from (sha256 differs from engine.json)")
+    return path
+
+
+def verification_inputs(manifest: dict, images=None, count: int = 4, shapes=None, seed: int = 0):
+    """[(input shape, float32 NCHW batch)]: images from a folder at the profile's opt size, or generated pictures
+    at the profile's opt, min and max shapes (or ``shapes``)."""
+    spec = manifest["input"]
+    profiles = manifest["profiles"][0]
+    if len(profiles) > 1:
+        raise BadInputError(f"the engine takes {', '.join(profiles)}: verify feeds single-input engines (images) only")
+    profile = ShapeRange.from_json(next(iter(profiles.values())))
+    if images is not None:
+        files = find_images(images)[:count]
+        if not files:
+            raise BadInputError(f"{images}: no images (.jpg, .jpeg, .png, .bmp) in this folder")
+        batch_size = profile.opt[0]
+        batches = []
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            if len(chunk) < profile.min[0]:
+                break
+            x = preprocess_files(chunk, spec, size=profile.opt[2:])
+            batches.append((x.shape, x))
+        return batches
+    wanted = shapes or list(dict.fromkeys([profile.opt, profile.min, profile.max]))
+    for shape in wanted:
+        if not profile.contains(shape):
+            raise BadInputError(f"input shape {format_shape(shape)} is outside the engine's profile "
+                                f"{format_shape(profile.min)} .. {format_shape(profile.max)}")
+    return [(tuple(s), np.ascontiguousarray(sample_images(tuple(s), spec, seed=seed + i))) for i, s in enumerate(wanted)]
+
+
+def verify_engine(engine, onnx=None, images=None, count: int = 4, shapes=None, thresholds=None, seed: int = 0,
+                  progress=lambda message: None) -> VerifyReport:
+    """Run the engine and the FP32 ONNX (ONNX Runtime, CPU) on the same inputs and compare their first output."""
+    engine_path, manifest = resolve_engine(engine)
+    check_engine(manifest, engine_path, running=None)  # the file first: no TensorRT needed to refuse a changed one
+    reference = find_reference(engine_path, manifest, onnx)
+    thresholds = thresholds or default_thresholds(manifest.get("precision", "fp32"))
+    batches = verification_inputs(manifest, images, count, shapes, seed)
+    output_name = (manifest.get("output") or {}).get("name") or "logits"
+    input_name = next(iter(manifest["profiles"][0]))
+    results = []
+    with TrtRunner.from_engine(engine_path) as engine_runner, OnnxrtRunner(SessionFromOnnx(reference)) as ort_runner:
+        for shape, x in batches:
+            progress(f"comparing at {format_shape(shape)}")
+            feed = {input_name: x}
+            actual = engine_runner.infer(feed)
+            expected = ort_runner.infer(feed)
+            name = output_name if output_name in actual and output_name in expected else next(iter(expected))
+            results.append(compare_outputs(expected[name], actual[name].astype(expected[name].dtype), thresholds, shape))
+        warnings = list(engine_runner.warnings)
+    return VerifyReport(engine_path, reference, manifest.get("precision", "fp32"), thresholds, results, warnings)
+
+
+def raise_for_verification(report: VerifyReport) -> None:
+    """Exit 1 (VerificationError) naming the worst shape, when the engine missed a threshold."""
+    if report.passed:
+        return
+    worst = max(report.results, key=lambda r: (not r.passed, r.max_abs_diff))
+    raise VerificationError(
+        f"{report.engine}: differs from {report.reference} at {format_shape(worst.shape)}: max |Δ| "
+        f"{worst.max_abs_diff:.3g} (limit {report.thresholds.max_abs_diff:g}), argmax agreement "
+        f"{worst.argmax_agreement:.4%} (limit {report.thresholds.min_agreement:.4%})")
