@@ -24,7 +24,11 @@ ONNX_DOMAINS = ("", "ai.onnx")
 
 
 def load_onnx(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model; external data files must lie inside the model's own folder."""
+    """Load an ONNX model; external data files must lie inside the model's own folder.
+
+    The references are checked even when the data is not loaded: tools that later read the file
+    themselves (ONNX Runtime's quantizer, TensorRT's parser) must never be handed a hostile one.
+    """
     path = Path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -33,8 +37,8 @@ def load_onnx(path: str | os.PathLike, load_external_data: bool = True) -> onnx.
     if model.ir_version == 0 or not model.HasField("graph"):
         # protobuf parses an empty or foreign file as an empty message rather than failing
         raise BadInputError(f"{path}: not an ONNX model (no IR version or graph)")
+    _check_external_data(model, path)
     if load_external_data:
-        _check_external_data(model, path)
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:

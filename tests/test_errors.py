@@ -107,6 +107,14 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
     with pytest.raises(BadInputError, match="outside the model's folder"):
         load_onnx(folder / "model.onnx")
+    with pytest.raises(BadInputError, match="outside the model's folder"):  # even when only the graph is read
+        load_onnx(folder / "model.onnx", load_external_data=False)
+    normalisation = ("--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--size", "8", "8")
+    for command in (("fp16",), ("quantize", "--calib", folder, "--target", "cpu"), ("lint",), ("inspect",)):
+        proc = run_cli(*command, folder / "model.onnx", *(normalisation if command[0] in ("fp16", "quantize") else ()))
+        assert_clean_error(proc, 2, "model.onnx", "outside the model's folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "secret.bin"]  # nothing written
+    assert [p.name for p in folder.iterdir()] == ["model.onnx"]
 
 
 @pytest.mark.parametrize("command", [["bench"], ["inspect"], ["infer", "--out", "o"]])

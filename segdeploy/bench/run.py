@@ -11,7 +11,6 @@ import platform
 import subprocess
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 from .. import __version__
 from ..crf import CRFParams, dense_crf
 from ..errors import SegdeployError
-from ..manifest import resolve_artifact
+from ..manifest import resolve_artifact, utc_timestamp
 from ..parity import sample_pictures
 from ..preprocess import input_spec, normalize, resize
 from .jetson import board_state
@@ -69,7 +68,7 @@ def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings
         r["speedup_vs_first"] = baseline[r["batch"]] / r["median_ms"] if r["median_ms"] else float("inf")
     return {
         "schema": BENCH_SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_timestamp(),
         "artifacts": [str(a) for a in artifacts],
         "models": [(m or {}).get("model", {}).get("name") for m in manifests],
         "accuracy": {str(a): _accuracy_of(m) for a, m in zip(artifacts, manifests)},

@@ -27,7 +27,7 @@ from ..backend.base import make_runner
 from ..crf import CRFParams, dense_crf
 from ..errors import BadInputError
 from ..infer import labels_at, predict_logits
-from ..manifest import resolve_artifact
+from ..manifest import ONNX_NAME, resolve_artifact
 from ..preprocess import resize
 from .datasets import IGNORE_INDEX, Dataset, Sample
 from .metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
@@ -147,7 +147,7 @@ def artifact_labels(artifacts) -> list[str]:
     """Short unique names for tables and file names: the artifact folder's name (or the file's stem)."""
     labels = []
     for artifact in map(Path, artifacts):
-        name = artifact.parent.name if artifact.is_file() and artifact.name == "model.onnx" else (
+        name = artifact.parent.name if artifact.is_file() and artifact.name == ONNX_NAME else (
             artifact.name if artifact.is_dir() else artifact.stem)
         name = name or "artifact"
         label, n = name, 2

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..onnx_io import load_onnx
+
 #: Layers with weights: what the TensorRT scheme quantizes and what sensitivity analysis ranks.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: The output-channel axis of each weighted op's weight tensor (per-channel scales lie along it).
@@ -42,7 +44,7 @@ def layer_macs(path: Path, spec: dict) -> dict[str, int]:
     manifest's size (empty if the shapes cannot be inferred)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     height, width = spec["size"]
     for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, height, width)):
         dim.ClearField("dim_param")

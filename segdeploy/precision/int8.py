@@ -28,6 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BadInputError, MissingDependencyError, VerificationError
+from ..onnx_io import load_onnx
 from .data import ImageSet
 from .graph import WEIGHT_CHANNEL_AXIS, WEIGHTED_OPS, name_nodes, weighted_layers
 
@@ -189,7 +190,7 @@ def tensorrt_qdq_violations(model: Path | onnx.ModelProto) -> list[str]:
     output-channel axis.
     """
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        model = load_onnx(model)
     constants = {i.name: i for i in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
     problems = []

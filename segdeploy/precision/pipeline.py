@@ -25,6 +25,7 @@ from ..errors import BadInputError
 from ..fileio import sha256_file
 from ..fixtures.scenes import generate_scenes
 from ..manifest import MANIFEST_NAME, ONNX_NAME, read_manifest
+from ..onnx_io import load_onnx
 from ..preprocess import IMAGE_SUFFIXES
 from ..targets import DEFAULT_TARGET, get_target
 from .artifact import Source, load_source, output_dir_for, tool_versions, write_artifact
@@ -109,7 +110,7 @@ def make_fp16(
 
     validation = _validation_set(source, val_dir, fallback=None)
     with tempfile.TemporaryDirectory(prefix="segdeploy-fp16-") as work:
-        model = name_nodes(onnx.load(str(source.onnx_path)))
+        model = name_nodes(load_onnx(source.onnx_path))
         unknown = set(keep_fp32) - {n.name for n in model.graph.node}
         if unknown:
             raise BadInputError(f"--keep-fp32: no node named {', '.join(sorted(unknown))} in {source.onnx_path}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from ...errors import BadInputError, VerificationError
 from ...fileio import sha256_file
+from ...manifest import ONNX_NAME
 from ...parity import Thresholds, compare_outputs, sample_images
 from ...preprocess import find_images, preprocess_files
 from ..onnxrt.runner import OnnxrtRunner, SessionFromOnnx
@@ -63,7 +64,7 @@ def find_reference(engine_path: Path, manifest: dict, onnx=None) -> Path:
     if onnx is not None:
         path = Path(onnx)
         if path.is_dir():
-            path = path / "model.onnx"
+            path = path / ONNX_NAME
     elif recorded.get("path"):
         path = Path(recorded["path"])
         if not path.is_absolute():
