@@ -155,7 +155,7 @@ def lint_onnx(path_or_model, target: str | Target, dla: bool = False, *, gpu_fal
 def _check_opset(model, target: Target) -> list[Finding]:
     opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), None)
     if opset is not None and opset > target.max_opset:
-        runtime = f"TensorRT {target.tensorrt}" if target.tensorrt else "ONNX Runtime"
+        runtime = target.runtime_name
         return [Finding("error", "opset", f"opset {opset} is above {target.max_opset}, the newest {runtime}'s parser "
                                           f"accepts on target {target.name}; export with --target {target.name}")]
     return []
@@ -176,7 +176,7 @@ def _check_domains(model, names, target: Target) -> list[Finding]:
             elif not release.has("ipluginv3"):
                 found.append(Finding("error", "custom-op", f"{known[node.domain, op]} needs segdeploy's TensorRT "
                                      f"plugin, an IPluginV3 (TensorRT >= {FEATURES['ipluginv3'].first}); target "
-                                     f"{target.name} has TensorRT {target.tensorrt}", name, op))
+                                     f"{target.name} has {target.runtime_name}", name, op))
             else:
                 found.append(Finding("info", "custom-op", f"{known[node.domain, op]} runs as a TensorRT plugin: the "
                                      "build loads segdeploy's plugin library first", name, op))
@@ -201,7 +201,7 @@ def _check_ops(model, names, target: Target) -> list[Finding]:
             found.append(Finding("error", "unsupported-op", f"TensorRT's ONNX parser has no importer for {op}{hint}", name, op))
         elif op in LATE_PARSER_OPS and not release.has("late_parser_ops"):
             found.append(Finding("warning", "unsupported-op", f"{op} is not in every TensorRT {release.major}.x parser (target "
-                                 f"{target.name}: TensorRT {target.tensorrt}); check the release's operator list", name, op))
+                                 f"{target.name}: {target.runtime_name}); check the release's operator list", name, op))
         elif op == "MaxPool" and len([o for o in node.output if o]) > 1:
             found.append(Finding("error", "unsupported-op", "MaxPool's Indices output is not supported by TensorRT", name, op))
         elif op in ("ArgMax", "ArgMin") and _attr(node, "select_last_index", 0):

@@ -6,6 +6,7 @@ so opset-17 targets use the TorchScript exporter) and the quantization route:
 * ``tensorrt``: explicit Q/DQ as TensorRT requires - symmetric, zero point 0, int8 activations,
   per-channel int8 weights, bias left in float. Every supported release builds this form, so
   precision lives in the graph (how each release is told so: ``segdeploy.backend.trt.releases``).
+  TensorRT for RTX (target ``rtx``) takes the same form.
 * ``ort-cpu``: the form ONNX Runtime's CPU kernels are fast with - asymmetric uint8 activations
   and per-channel int8 weights (u8s8, VNNI), int32 bias as ORT's QLinearConv takes it.
 
@@ -39,6 +40,15 @@ class Target:
     exporter: str
     #: One of QUANTIZATION_ROUTES.
     quantization: str
+    #: "tensorrt", or "rtx" for TensorRT for RTX (its own releases, 1.x, and Python package).
+    edition: str = "tensorrt"
+
+    @property
+    def runtime_name(self) -> str:
+        """How messages name the runtime: ``TensorRT 10.3``, ``TensorRT for RTX 1.x``, ``ONNX Runtime``."""
+        if not self.tensorrt:
+            return "ONNX Runtime"
+        return f"TensorRT for RTX {self.tensorrt}.x" if self.edition == "rtx" else f"TensorRT {self.tensorrt}"
 
     def exporter_for(self, opset: int) -> str:
         """The exporter able to write ``opset`` (an override of the default one)."""
@@ -60,6 +70,8 @@ TARGETS: dict[str, Target] = {
         Target("jetpack6.2", "JetPack 6.2 (TensorRT 10.3)", "tensorrt", "10.3", 18, 20, "dynamo", "tensorrt"),
         Target("trt10", "TensorRT 10.x on desktop/server GPUs", "tensorrt", "10", 18, 20, "dynamo", "tensorrt"),
         Target("trt11", "TensorRT 11.x on desktop/server GPUs", "tensorrt", "11", 18, 25, "dynamo", "tensorrt"),
+        Target("rtx", "TensorRT for RTX 1.x on RTX desktop GPUs (Turing to Blackwell)", "tensorrt", "1", 18, 25, "dynamo",
+               "tensorrt", edition="rtx"),
         Target("cpu", "ONNX Runtime on x86/ARM CPUs", "onnxruntime", None, 18, 23, "dynamo", "ort-cpu"),
     )
 }

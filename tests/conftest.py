@@ -55,3 +55,15 @@ def image_folders(tmp_path_factory, trained_fixture) -> dict[str, Path]:
     val = write_scene_folder(root / "val", generate_scenes(16, size, size, seed=8))
     return {"calib": calib, "val": val, "val_photos": write_photo_folder(root / "val_photos")}
 
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many real TensorRT for RTX engines the session built (tests/rtx.py)."""
+    from rtx import BUILT, FAILED
+
+    if BUILT or FAILED:
+        terminalreporter.write_sep("-", f"TensorRT for RTX: {len(BUILT)} real engines built (SM86), {len(FAILED)} failed")
+        for line in BUILT:
+            terminalreporter.write_line(f"built  {line}")
+        for line in FAILED:
+            terminalreporter.write_line(f"FAILED {line}")

@@ -72,6 +72,27 @@ def test_crf_node_takes_planar_images():
                                                         output="probabilities"), atol=1e-5)
 
 
+def test_the_onnx_runtime_op_takes_the_image_as_float32():
+    """The node reads the Cast of the uint8 input (TensorRT lets only casts read uint8); its op
+    turns any float image back into uint8 as the kernel takes it, rounded and clamped."""
+    model, _ = tiny_network()
+    with_crf = append_crf_node(model, iterations=3, keep_logits=True)
+    graph = with_crf.graph
+    cast = next(node for node in graph.node if node.op_type == "Cast" and list(node.input) == ["image"])
+    assert [node.input[1] for node in graph.node if node.op_type == "DenseCRF"] == [cast.output[0]]
+    graph.node.remove(cast)  # feed the node a float image of our own
+    graph.input.remove(next(value for value in graph.input if value.name == "image"))
+    graph.input.append(helper.make_tensor_value_info(cast.output[0], TensorProto.FLOAT, ["N", "H", "W", 3]))
+    image, x = scene(batch=1)
+    noisy = image + np.random.default_rng(2).uniform(-0.45, 0.45, image.shape).astype(np.float32)
+    noisy[0, 0, :3] = [[-7.0, 300.0, 254.6], [0.4, 255.4, 1e9], [-0.6, 127.5, 128.5]]
+    logits, probabilities, labels = session(with_crf).run(None, {"x": x, cast.output[0]: noisy})
+    as_uint8 = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    expected_probabilities, expected_labels = dense_crf(logits, as_uint8, iterations=3)
+    np.testing.assert_array_equal(probabilities, expected_probabilities)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
 def test_append_crf_node_rejects_what_it_cannot_wire():
     model, _ = tiny_network()
     with pytest.raises(BadInputError, match="no output named 'scores_out'"):

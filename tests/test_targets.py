@@ -9,7 +9,7 @@ from segdeploy.targets import DEFAULT_TARGET, DYNAMO_MIN_OPSET, QUANTIZATION_ROU
 
 
 def test_issue_targets_are_all_there_and_engines_default_to_the_newest_tensorrt():
-    assert set(TARGETS) == {"jetpack5", "jetpack6.0", "jetpack6.2", "trt10", "trt11", "cpu"}
+    assert set(TARGETS) == {"jetpack5", "jetpack6.0", "jetpack6.2", "trt10", "trt11", "rtx", "cpu"}
     assert DEFAULT_TARGET == "trt11" and get_target(None).name == "trt11"
     assert [TARGETS[name].tensorrt for name in ("jetpack5", "jetpack6.0", "jetpack6.2")] == ["8.5", "8.6", "10.3"]
 

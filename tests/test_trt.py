@@ -16,6 +16,7 @@ import pytest
 from cli import REPO_ROOT, TESTS_DIR, assert_clean_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
 from onnx_graphs import make_model, qdq_graph, seg_graph, with_node
+from rtx import NO_RTX, build_rtx, rtx_installed
 
 from segdeploy.backend.trt.engine_json import check_engine, engine_manifest, read_engine_manifest, resolve_engine, write_engine_manifest
 from segdeploy.backend.trt.plan import ENGINE_MANIFEST, ENGINE_NAME, plan_build
@@ -203,6 +204,17 @@ def test_static_dimensions_must_be_met(artifacts):
         plan_build(artifacts["static"], batch="4")
 
 
+@pytest.mark.parametrize("capabilities, flag", [("86,89", "--computeCapabilities=86,89"), ("7.5, 12.0", "--computeCapabilities=75,120")])
+def test_rtx_command_names_the_gpu_architectures(artifacts, capabilities, flag):
+    """TensorRT for RTX: its own tool, the architectures instead of a timing cache; typed by the graph."""
+    plan = plan_build(artifacts["int8"], target="rtx", compute_capability=capabilities, batch="2")
+    args = trtexec_args(plan)
+    assert Path(args[0]).name == "tensorrt_rtx" and flag in args[1:] and args[-1] == "--skipInference"
+    assert not any(a.startswith(("--timingCacheFile", "--stronglyTyped", "--int8", "--noTF32")) for a in args)
+    assert plan.settings()["compute_capabilities"] == [c.strip() if "." in c else f"{c[:-1]}.{c[-1]}"
+                                                       for c in capabilities.split(",")]
+
+
 # --------------------------------------------------------------------------- options and their releases
 
 @pytest.mark.parametrize("target, options, message", [
@@ -213,6 +225,12 @@ def test_static_dimensions_must_be_met(artifacts):
     ("jetpack6.2", {"gpu_fallback": True}, "give --dla-core N too"),
     ("cpu", {}, "runs on ONNX Runtime"),
     ("trt12", {}, "unknown target 'trt12'"),
+    ("trt11", {"compute_capability": "86"}, "naming GPU architectures is TensorRT for RTX's"),
+    ("rtx", {"compute_capability": "90"}, "datacenter Hopper"),
+    ("rtx", {"compute_capability": ","}, "give one or more"),
+    ("rtx", {"dla_core": 0}, "DLA cores are on Jetson"),
+    ("rtx", {"hardware_compat": True}, "--hardware-compat needs TensorRT 8.6 or newer; TensorRT for RTX 1.x"),
+    ("rtx", {"version_compatible": True}, "--version-compatible needs TensorRT 8.6 or newer; TensorRT for RTX 1.x"),
 ])  # fmt: skip
 def test_options_a_release_lacks(artifacts, target, options, message):
     with pytest.raises(BadInputError, match=message.replace("(", r"\(").replace("+", r"\+")):
@@ -331,6 +349,8 @@ def test_engine_manifests_follow_the_schema(artifacts, tmp_path):
                            output=tmp_path / "dla"), {**RUNTIME, "tensorrt": "8.6.2.3"}),
         "portable": (plan_build(artifacts["fp32"], target="trt10", opt_level=5, version_compatible=True, hardware_compat=True,
                                 timing_cache=tmp_path / "t.cache", output=tmp_path / "portable"), desktop),
+        "rtx": (plan_build(artifacts["int8"], target="rtx", compute_capability="75,120", output=tmp_path / "rtx"),
+                {**RUNTIME, "tensorrt": "1.7.1.116", "gpu": None, "cuda": None}),
     }
     for name, (plan, runtime) in plans.items():
         manifest = fake_engine(plan, runtime)
@@ -480,6 +500,42 @@ def test_polygraphy_cuda_layer_round_trip():
         api.destroy_event(end)
         api.free(pointer)
         api.destroy_stream(stream)
+
+
+# --------------------------------------------------------------------------- with TensorRT for RTX (no GPU needed)
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_rtx_builds_real_engines_ahead_of_time(artifacts, tmp_path, precision):
+    """The build half of the TensorRT tests, against a real TensorRT: engine + engine.json, for SM86, without a GPU."""
+    manifest = build_rtx(artifacts[precision], tmp_path / "e", f"crafted {precision}", "--batch", "1:2:4")
+    assert manifest["precision"] == precision and manifest["gpu"] is None
+    assert [t["name"] for t in manifest["io"]] == ["images", "logits"]
+    assert manifest["io"][0]["profile"] == {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]}
+    assert manifest["tensorrt"]["precision_flags"] == [] and manifest["tensorrt"]["timing_cache"] is None
+    # Running it needs an RTX GPU: refused with that reason here (the lent H200, SM90, is not one either).
+    proc = cli("verify", tmp_path / "e")
+    assert_clean_error(proc, 2, "TensorRT for RTX engines run on an RTX GPU")
+
+
+def test_rtx_engines_are_refused_on_other_gpus(artifacts, tmp_path):
+    """engine.json says which architectures the engine was compiled for; a Hopper card is not among them."""
+    plan = plan_build(artifacts["fp32"], target="rtx", compute_capability="86,89", output=tmp_path)
+    plan.engine_path.write_bytes(b"engine")
+    manifest = engine_manifest(plan, {"tensorrt": "1.7.1.116"}, [], 1.0)
+    here = {"tensorrt": "1.7.1.116", "edition": "rtx", "gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}}
+    with pytest.raises(BadInputError, match="not on datacenter cards such as Hopper"):
+        check_engine(manifest, plan.engine_path, here)
+    assert check_engine(manifest, plan.engine_path, {**here, "gpu": {"name": "RTX 4090", "compute_capability": "8.9"}}) == []
+    with pytest.raises(BadInputError, match="built with TensorRT for RTX and this process runs TensorRT"):
+        check_engine(manifest, plan.engine_path, {**here, "edition": "tensorrt"})
+
+
+@pytest.mark.skipif(not rtx_installed(), reason=NO_RTX)
+def test_rtx_build_without_a_gpu_needs_the_architectures(artifacts, tmp_path):
+    proc = cli("build", artifacts["fp32"], "--target", "rtx", "-o", tmp_path / "e")
+    assert_clean_error(proc, 2, "name the RTX GPUs to build for: --compute-capability")
+    assert not (tmp_path / "e" / ENGINE_NAME).exists()
 
 
 # --------------------------------------------------------------------------- with TensorRT

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..backend.trt.build import build_engine
-from ..backend.trt.loader import TensorRTMissingError, import_tensorrt
+from ..backend.trt.loader import TensorRTMissingError, import_tensorrt, use_edition
 from ..backend.trt.plan import plan_build
 from ..backend.trt.profile import format_shape
 from ..backend.trt.releases import FEATURES
@@ -15,8 +15,11 @@ from .common import echo_json, json_option, progress_status
 @click.argument("artifact", type=click.Path())
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
               help="Engine precision; must be the artifact's (build fp16/int8 from the fp16/int8 artifact). Default: the artifact's.")
-@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10 or trt11 (sets the TensorRT release's rules). "
-                                "Default: the artifact's.")
+@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10, trt11 or rtx (TensorRT for RTX): sets the "
+                                "TensorRT release's rules. Default: the artifact's.")
+@click.option("--compute-capability", metavar="CC[,CC]",
+              help="TensorRT for RTX: the RTX GPUs to compile for, e.g. 86,89 (Turing 75, Ampere 80/86, Ada 89, "
+                   "Blackwell 120/121); builds on any machine, GPU or not. Default: the GPU present.")
 @click.option("--batch", metavar="N|MIN:OPT:MAX", help="Batch range of the profile: N means 1..N tuned for N.  [default: 1]")
 @click.option("--min", "min_shape", metavar="NxCxHxW|HxW", help="Smallest input shape of the profile.")
 @click.option("--opt", "opt_shape", metavar="NxCxHxW|HxW", help="Shape TensorRT tunes for. Default: the manifest's input size.")
@@ -37,7 +40,7 @@ from .common import echo_json, json_option, progress_status
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Folder for model.engine and engine.json. Default: ARTIFACT.")
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command and exit, without building.")
 @json_option
-def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, workspace_mib, dla_core, gpu_fallback,
+def build(artifact, precision, target, compute_capability, batch, min_shape, opt_shape, max_shape, workspace_mib, dla_core, gpu_fallback,
           timing_cache, opt_level, version_compatible, hardware_compat, output, print_trtexec, as_json):
     """Build a TensorRT engine from ARTIFACT (an export/fp16/quantize folder).
 
@@ -49,6 +52,10 @@ def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, w
     segdeploy custom nodes (the dense CRF) load segdeploy's plugin library first. The timing
     cache is kept and reused between builds.
 
+    --target rtx builds with TensorRT for RTX (pip install 'segdeploy[rtx]') for RTX desktop
+    GPUs, Turing to Blackwell: with --compute-capability it compiles ahead of time on any
+    machine, without a GPU; its kernels are JIT-compiled on the user's GPU at first run.
+
     Without TensorRT's Python package this exits 2 and prints the equivalent trtexec command
     (on a Jetson: /usr/src/tensorrt/bin/trtexec); --print-trtexec prints it in any case.
 
@@ -59,12 +66,13 @@ def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, w
       segdeploy build out_int8 --target jetpack6.2 --dla-core 0 --gpu-fallback
       segdeploy build out --min 1x3x256x256 --opt 1x3x512x512 --max 4x3x1024x1024
       segdeploy build out --target jetpack6.0 --print-trtexec
+      segdeploy build out --target rtx --compute-capability 86,89   # no GPU needed
     """
     plan = plan_build(
         artifact, precision=precision, target=target, batch=batch, min_shape=min_shape, opt_shape=opt_shape,
         max_shape=max_shape, output=output, workspace_mib=workspace_mib, dla_core=dla_core, gpu_fallback=gpu_fallback,
         timing_cache=timing_cache, opt_level=opt_level, version_compatible=version_compatible,
-        hardware_compat=hardware_compat, require_plugins=not print_trtexec,
+        hardware_compat=hardware_compat, compute_capability=compute_capability, require_plugins=not print_trtexec,
     )
     for finding in plan.lint:
         if finding.severity == "warning":
@@ -72,11 +80,12 @@ def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, w
     if print_trtexec:
         _print_trtexec(plan, as_json)
         return
+    use_edition(plan.target.edition)
     try:
         import_tensorrt()
     except TensorRTMissingError:
         _print_trtexec(plan, as_json)
-        click.echo("TensorRT's Python package is not installed here: the trtexec command above builds the same "
+        click.echo(f"{plan.release.product}'s Python package is not installed here: the command above builds the same "
                    "engine (on a Jetson: /usr/src/tensorrt/bin/trtexec).", err=True)
         raise
     with progress_status(not as_json) as progress:
@@ -88,11 +97,17 @@ def build(artifact, precision, target, batch, min_shape, opt_shape, max_shape, w
         return
     profile = plan.profile
     click.echo(f"built {plan.engine_path} ({manifest['engine']['bytes'] / 1e6:.1f} MB) in "
-               f"{manifest['engine']['build_seconds']:.1f} s: {plan.precision}, TensorRT {manifest['tensorrt']['version']}, "
-               f"{(manifest.get('gpu') or {}).get('name')}, profile {format_shape(profile.min)} .. {format_shape(profile.max)} "
+               f"{manifest['engine']['build_seconds']:.1f} s: {plan.precision}, {plan.release.product} {manifest['tensorrt']['version']}, "
+               f"{_built_for(plan, manifest)}, profile {format_shape(profile.min)} .. {format_shape(profile.max)} "
                f"(opt {format_shape(profile.opt)})")
-    click.echo(f"wrote {plan.engine_manifest_path}; timing cache {plan.timing_cache}")
+    click.echo(f"wrote {plan.engine_manifest_path}" + (f"; timing cache {plan.timing_cache}" if plan.timing_cache else ""))
     click.echo(f"check it: segdeploy verify {plan.output_dir}")
+
+
+def _built_for(plan, manifest: dict) -> str:
+    if plan.compute_capabilities:
+        return "for compute capability " + ", ".join(plan.compute_capabilities)
+    return str((manifest.get("gpu") or {}).get("name"))
 
 
 def _print_trtexec(plan, as_json: bool) -> None:

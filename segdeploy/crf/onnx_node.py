@@ -1,8 +1,10 @@
 """The dense CRF as an ONNX node after a segmentation network's logits.
 
-:func:`append_crf_node` adds an ``image`` input and a ``DenseCRF`` node (domain
-``ai.onnx.contrib``) that turns the logits into refined probabilities and int32 labels. Two
-runtimes execute that node with the kernels of :mod:`segdeploy.crf` (Krähenbühl & Koltun 2011):
+:func:`append_crf_node` adds a uint8 ``image`` input and a ``DenseCRF`` node (domain
+``ai.onnx.contrib``) that turns the logits into refined probabilities and int32 labels. The node
+takes the image as float32 (values 0..255) from a ``Cast`` of that input: TensorRT lets no layer
+but a cast read uint8 tensors (``DataType::kUINT8``), plugins included. Two runtimes execute that
+node with the kernels of :mod:`segdeploy.crf` (Krähenbühl & Koltun 2011):
 
 * ONNX Runtime, on the CPU: :func:`register_crf_ort` registers the op with a
   ``SessionOptions``. It is an onnxruntime-extensions Python op that calls the C kernel
@@ -10,7 +12,7 @@ runtimes execute that node with the kernels of :mod:`segdeploy.crf` (Krähenbüh
   library cannot be built from the registries this project installs from).
 * TensorRT: the ONNX parser maps the node, by its op type, to the ``DenseCRF`` IPluginV3 plugin
   of ``kernels/trt_plugin`` (built from the same CUDA code when TensorRT headers are found),
-  which reads the same attributes.
+  which reads the same attributes and turns the float image back into uint8 on the GPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
     """Return a copy of ``model`` whose ``logits_name`` output feeds a DenseCRF node.
 
     The new input ``image_name`` is uint8 RGB, (N, H, W, 3) for ``image_layout="hwc"`` or
-    (N, 3, H, W) for ``"chw"``, with N, H, W taken from the logits (N, C, H, W). The outputs
+    (N, 3, H, W) for ``"chw"``, with N, H, W taken from the logits (N, C, H, W); a ``Cast``
+    node hands it to the DenseCRF node as float32 (``<image_name>_float32``). The outputs
     become ``probabilities_name`` (float32, like the logits) and ``labels_name`` (int32,
     (N, H, W)); ``keep_logits`` keeps the logits output too. ``crf_params`` are
     :class:`~segdeploy.crf.CRFParams` fields (DeepLab v2's by default); ``unary_kind`` says what
@@ -58,7 +61,8 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
     if logits_name not in outputs:
         raise BadInputError(f"the model has no output named {logits_name!r}; its outputs are {sorted(outputs)}")
     taken = {value.name for value in graph.input} | set(outputs) | {name for node in graph.node for name in node.output}
-    for name in (image_name, probabilities_name, labels_name):
+    image_float = f"{image_name}_float32"
+    for name in (image_name, image_float, probabilities_name, labels_name):
         if name in taken:
             raise BadInputError(f"the model already has a tensor named {name!r}; pick another name")
     logits = outputs[logits_name]
@@ -77,9 +81,12 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
 
     image_shape = [batch, height, width, 3] if image_layout == "hwc" else [batch, 3, height, width]
     graph.input.append(helper.make_tensor_value_info(image_name, TensorProto.UINT8, image_shape))
+    # TensorRT takes uint8 tensors into casts only (DataType::kUINT8), so the plugin gets float32.
+    graph.node.append(helper.make_node("Cast", [image_name], [image_float], to=TensorProto.FLOAT,
+                                       name=f"{image_name}_to_float32"))
     attributes = {name: float(getattr(params, name)) for name in _FLOAT_ATTRIBUTES}
     graph.node.append(helper.make_node(
-        CRF_OP_TYPE, [crf_input, image_name], [probabilities_name, labels_name], name="dense_crf", domain=CRF_DOMAIN,
+        CRF_OP_TYPE, [crf_input, image_float], [probabilities_name, labels_name], name="dense_crf", domain=CRF_DOMAIN,
         iterations=int(params.iterations), normalization=params.normalization, unary_kind=unary_kind, **attributes,
     ))
     if not keep_logits:
@@ -104,14 +111,19 @@ def _define_ort_op() -> str:
     attributes.update(iterations=PyCustomOpDef.dt_int64, normalization=PyCustomOpDef.dt_string,
                       unary_kind=PyCustomOpDef.dt_string)
 
-    @onnx_op(op_type=CRF_OP_TYPE, inputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_uint8],
+    @onnx_op(op_type=CRF_OP_TYPE, inputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_float],
              outputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_int32], attrs=attributes)
     def dense_crf_op(logits, image, **attrs):
         params = CRFParams(**{name: attrs[name] for name in (*_FLOAT_ATTRIBUTES, "iterations", "normalization")})
-        return dense_crf(logits, image, params, unary_kind=attrs["unary_kind"])
+        return dense_crf(logits, _image_uint8(image), params, unary_kind=attrs["unary_kind"])
 
     _hand_back_arrays(dense_crf_op, PyCustomOpDef)
     return get_library_path()
+
+
+def _image_uint8(image: np.ndarray) -> np.ndarray:
+    """The node's float32 image (a uint8 image cast, so whole numbers 0..255) as the kernel's uint8."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _hand_back_arrays(op, op_definition) -> None:

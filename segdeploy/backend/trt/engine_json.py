@@ -90,6 +90,10 @@ def engine_manifest(plan: BuildPlan, runtime: dict, io: list[dict], build_second
     }
 
 
+def _product(edition: str) -> str:
+    return "TensorRT for RTX" if edition == "rtx" else "TensorRT"
+
+
 def write_engine_manifest(path, data: dict) -> None:
     if data.get("schema") != ENGINE_SCHEMA:
         raise ValueError(f"not a {ENGINE_SCHEMA} document")
@@ -141,6 +145,10 @@ def check_engine(manifest: dict, engine_path, running: dict | None, check_hash: 
         return []
     warnings = []
     settings = manifest["tensorrt"]
+    built_edition, edition_here = settings.get("edition", "tensorrt"), running.get("edition", "tensorrt")
+    if built_edition != edition_here:
+        raise BadInputError(f"{engine_path}: was built with {_product(built_edition)} and this process runs "
+                            f"{_product(edition_here)}; each runs only its own engines")
     built, here = parse_version(settings["version"]), parse_version(running["tensorrt"])
     if settings.get("version_compatible"):
         if here[:3] < built[:3]:
@@ -152,7 +160,14 @@ def check_engine(manifest: dict, engine_path, running: dict | None, check_hash: 
                             "rebuild it here with `segdeploy build`")
     gpu, gpu_here = manifest.get("gpu") or {}, running.get("gpu") or {}
     cc, cc_here = gpu.get("compute_capability"), gpu_here.get("compute_capability")
-    if cc and cc_here and cc != cc_here:
+    compiled_for = settings.get("compute_capabilities")
+    if compiled_for:  # TensorRT for RTX: the architectures it was compiled for, wherever it was built
+        if cc_here and cc_here not in compiled_for:
+            raise BadInputError(f"{engine_path}: was compiled for compute capability {', '.join(compiled_for)}; this "
+                                f"machine's GPU is {gpu_here.get('name')} ({cc_here}). TensorRT for RTX engines run on "
+                                "RTX GPUs (Turing to Blackwell), not on datacenter cards such as Hopper nor on Jetson; "
+                                "rebuild with --compute-capability naming this GPU if it is an RTX GPU")
+    elif cc and cc_here and cc != cc_here:
         portable = (settings.get("hardware_compatibility_level") == HARDWARE_COMPAT_LEVEL
                     and parse_version(cc_here) >= HARDWARE_COMPAT_MIN_CC)
         if not portable:

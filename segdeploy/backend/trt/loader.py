@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib
+import os
 import re
 import sys
 import time
@@ -27,27 +29,84 @@ from ...errors import MissingDependencyError, SegdeployError
 from .cuda import cuda_api
 from .releases import is_jetson, jetpack_release, l4t_release, parse_version
 
+#: Python package of each TensorRT edition, and how a user installs it.
+EDITIONS = {
+    "tensorrt": ("tensorrt", "On a Jetson it comes with JetPack (apt install python3-libnvinfer; use a venv made with "
+                             "--system-site-packages); on a desktop: pip install tensorrt"),
+    "rtx": ("tensorrt_rtx", "pip install 'segdeploy[rtx]' (TensorRT for RTX: pip install tensorrt-rtx-cu13)"),
+}
+_selected: list[str] = []  # the edition this process uses, once chosen
+
 
 class TensorRTMissingError(MissingDependencyError):
     """TensorRT's Python package is not importable (exit 2)."""
 
-    def __init__(self, detail: str = ""):
+    def __init__(self, detail: str = "", edition: str = "tensorrt"):
+        module, install = EDITIONS[edition]
+        product = "TensorRT for RTX" if edition == "rtx" else "TensorRT"
         SegdeployError.__init__(
-            self,
-            "TensorRT is not installed: its Python package (import tensorrt) is missing"
-            + (f" ({detail})" if detail else "")
-            + ". On a Jetson it comes with JetPack (apt install python3-libnvinfer; use a venv made with "
-            "--system-site-packages); on a desktop: pip install tensorrt",
+            self, f"{product} is not installed: its Python package (import {module}) is missing"
+            + (f" ({detail})" if detail else "") + f". {install}",
         )
-        self.package = "tensorrt"
+        self.package = module
+
+
+def use_edition(edition: str) -> None:
+    """Choose TensorRT or TensorRT for RTX for this process, before anything imports either.
+
+    Both have the same API; Polygraphy picks one per process (``polygraphy.config.USE_TENSORRT_RTX``,
+    read when its TensorRT modules are imported), so one process builds or runs engines of one edition.
+    """
+    from polygraphy import config
+
+    if _selected and _selected[0] != edition:
+        raise SegdeployError(f"this process already uses {_selected[0]}; engines of another TensorRT edition "
+                             f"({edition}) need a process of their own (run a second segdeploy command)")
+    if "polygraphy.backend.trt.util" in sys.modules and config.USE_TENSORRT_RTX != (edition == "rtx"):
+        raise SegdeployError(f"Polygraphy was imported for the other TensorRT edition before segdeploy chose {edition}")
+    config.USE_TENSORRT_RTX = edition == "rtx"
+    if not _selected:
+        _selected.append(edition)
+
+
+def edition() -> str:
+    """The edition this process uses (TensorRT unless ``use_edition("rtx")`` was called)."""
+    return _selected[0] if _selected else "tensorrt"
 
 
 def import_tensorrt():
+    """The chosen edition's module (``tensorrt`` or ``tensorrt_rtx``)."""
+    chosen = edition()
+    module = EDITIONS[chosen][0]
     try:
-        import tensorrt as trt
+        trt = importlib.import_module(module)
     except ImportError as exc:
-        raise TensorRTMissingError(str(exc) if "tensorrt" not in str(exc) else "") from None
+        raise TensorRTMissingError(str(exc) if module not in str(exc) else "", chosen) from None
+    if chosen == "rtx":
+        _let_rtx_parser_find_its_library(Path(trt.__file__).parent.parent / "tensorrt_rtx_libs")
     return trt
+
+
+def _let_rtx_parser_find_its_library(libs: Path) -> None:
+    """TensorRT for RTX's ONNX parser dlopen()s ``libtensorrt_rtx.so`` when it meets a plugin node.
+
+    The wheel ships only ``libtensorrt_rtx.so.1``, so any graph with a plugin node aborts the process
+    ("terminate called without an active exception": the parser throws "Unable to open library:
+    libtensorrt_rtx.so" inside a noexcept function). The parser looks beside itself (RPATH $ORIGIN),
+    so the development symlink that a tarball install has is added there when missing.
+    """
+    real, link = libs / "libtensorrt_rtx.so.1", libs / "libtensorrt_rtx.so"
+    if not real.is_file() or link.exists():
+        return
+    tmp = libs / f".libtensorrt_rtx.so.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(real.name)
+        tmp.replace(link)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SegdeployError(f"TensorRT for RTX's ONNX parser needs {link} to read plugin nodes, and it could not be "
+                             f"made ({exc}); make it once: ln -s {real.name} {link}") from None
 
 
 def tensorrt_version() -> tuple[int, ...]:
@@ -138,7 +197,11 @@ def _progress_monitor(progress):
 
 
 def build_serialized_engine(plan, progress=lambda message: None):
-    """(serialized engine, build seconds) for a :class:`segdeploy.backend.trt.plan.BuildPlan`."""
+    """(serialized engine, build seconds, I/O tensors) for a :class:`segdeploy.backend.trt.plan.BuildPlan`.
+
+    The I/O tensors are read from the parsed network (:func:`network_io`): an ahead-of-time
+    engine of TensorRT for RTX cannot be deserialized where no GPU is.
+    """
     trt = import_tensorrt()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
 
@@ -150,13 +213,9 @@ def build_serialized_engine(plan, progress=lambda message: None):
         profile.add(name, shapes.min, shapes.opt, shapes.max)
     flags = plan.precision_flags
     monitor = _progress_monitor(progress)
-    options = {
-        "fp16": "fp16" in flags,
-        "int8": "int8" in flags,
-        "tf32": False,
-        "profiles": [profile],
-        "load_timing_cache": str(plan.timing_cache) if plan.timing_cache else None,
-    }
+    options = {"profiles": [profile], "load_timing_cache": str(plan.timing_cache) if plan.timing_cache else None}
+    if not plan.release.rtx:  # TensorRT for RTX has no precision flags (strongly typed) and no TF32 switch
+        options.update(fp16="fp16" in flags, int8="int8" in flags, tf32=False)
     if plan.workspace_mib:
         options["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(plan.workspace_mib) << 20}
     if plan.opt_level is not None:
@@ -168,18 +227,26 @@ def build_serialized_engine(plan, progress=lambda message: None):
     if monitor is not None:
         options["progress_monitor"] = monitor
 
-    network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=plan.strong_typing == "flag")
-    config = CreateConfig(**options)
+    if plan.release.rtx:
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        # Named architectures compile ahead of time, on any machine (build.py names the GPU present when none is given).
+        capabilities = [tuple(int(p) for p in c.split(".")) for c in plan.compute_capabilities]
+        config = CreateConfigRTX(compute_capabilities=capabilities, **options)
+    else:
+        config = CreateConfig(**options)
     if plan.dla_core is not None:
         config = _on_dla(config, plan.dla_core, plan.gpu_fallback)
-    progress(f"parsing {plan.onnx_path.name} and building ({plan.precision}, TensorRT {trt.__version__})")
+    progress(f"parsing {plan.onnx_path.name} and building ({plan.precision}, {plan.release.product} {trt.__version__})")
     started = time.perf_counter()
     with polygraphy_errors("the TensorRT build"):
+        network = NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=plan.strong_typing == "flag")()
+        io = network_io(network[1], plan.profiles)
         serialized = EngineBytesFromNetwork(network, config, save_timing_cache=str(plan.timing_cache) if plan.timing_cache else None)()
     seconds = time.perf_counter() - started
     if serialized is None:
         raise SegdeployError("the TensorRT build returned no engine; its log above says why")
-    return serialized, seconds
+    return serialized, seconds, io
 
 
 def _on_dla(create_config, core: int, gpu_fallback: bool):
@@ -236,6 +303,20 @@ def engine_io(engine_and_runtime) -> list[dict]:
     return tensors
 
 
+def network_io(network, profiles: dict) -> list[dict]:
+    """:func:`engine_io`'s list for a parsed network and the plan's profiles (``profile.ShapeRange`` by input)."""
+    tensors = []
+    for mode, count, get in (("input", network.num_inputs, network.get_input),
+                             ("output", network.num_outputs, network.get_output)):
+        for index in range(count):
+            tensor = get(index)
+            entry = {"name": tensor.name, "mode": mode, "dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape)}
+            if mode == "input" and tensor.name in profiles:
+                entry["profile"] = profiles[tensor.name].to_json()
+            tensors.append(entry)
+    return tensors
+
+
 def _dtype_name(dtype) -> str:
     trt = import_tensorrt()
     try:
@@ -244,18 +325,29 @@ def _dtype_name(dtype) -> str:
         return str(dtype).rsplit(".", 1)[-1].lower()
 
 
-def runtime_info(cuda=None) -> dict:
-    """This machine as engine.json records it: TensorRT and CUDA versions, GPU, Jetson release."""
+def runtime_info(cuda=None, gpu_required: bool = True) -> dict:
+    """This machine as engine.json records it: TensorRT and CUDA versions, GPU, Jetson release.
+
+    Without ``gpu_required`` (ahead-of-time builds of TensorRT for RTX) a machine without a GPU
+    or CUDA driver is described with ``gpu`` and ``cuda`` None.
+    """
     trt = import_tensorrt()
-    api = cuda or cuda_api()
     try:
-        device = api.device_info()
-    finally:
-        if cuda is None:
-            api.close()
+        api = cuda or cuda_api()
+        try:
+            device = api.device_info()
+        finally:
+            if cuda is None:
+                api.close()
+    except SegdeployError:
+        if gpu_required:
+            raise
+        device = None
     info = {
         "tensorrt": trt.__version__,
-        "cuda": {"runtime": device.pop("cuda_runtime"), "driver": device.pop("cuda_driver"), "driver_version": _driver_version()},
+        "edition": edition(),
+        "cuda": None if device is None else {"runtime": device.pop("cuda_runtime"), "driver": device.pop("cuda_driver"),
+                                             "driver_version": _driver_version()},
         "gpu": device,
         "jetson": None,
     }

@@ -28,6 +28,27 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: The TensorRT plugin library built from kernels/trt_plugin (IPluginV3 creators exported through getCreators()).
 PLUGIN_LIB_NAMES = {"linux": "libsegdeploy_trt_plugin.so", "win32": "segdeploy_trt_plugin.dll"}
 PLUGIN_LIB_ENV = "SEGDEPLOY_TRT_PLUGIN_LIB"
+#: The GPU architectures TensorRT for RTX 1.x compiles for (ComputeCapability.SM75 .. SM121):
+#: Turing, Ampere (8.0, 8.6), Ada, Blackwell (12.0, 12.1).
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+
+
+def parse_compute_capabilities(text: str) -> list[str]:
+    """``"86,89"`` or ``"8.6, 12.0"`` -> ``["8.6", "8.9"]``, each one TensorRT for RTX compiles for."""
+    found = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        value = item if "." in item else f"{item[:-1]}.{item[-1:]}"
+        if value not in RTX_COMPUTE_CAPABILITIES:
+            raise BadInputError(f"--compute-capability {item!r}: TensorRT for RTX compiles for "
+                                f"{', '.join(c.replace('.', '') for c in RTX_COMPUTE_CAPABILITIES)} (Turing 75, "
+                                "Ampere 80/86, Ada 89, Blackwell 120/121); datacenter Hopper (90) and Jetson are not RTX GPUs")
+        if value not in found:
+            found.append(value)
+    if not found:
+        raise BadInputError("--compute-capability: give one or more, e.g. 86,89")
+    return found
 
 
 def plugin_library_path() -> Path:
@@ -64,6 +85,8 @@ class BuildPlan:
     opt_level: int | None = None
     version_compatible: bool = False
     hardware_compat: bool = False
+    #: TensorRT for RTX: the compute capabilities to compile for ("8.6"); empty: the GPU present.
+    compute_capabilities: list[str] = field(default_factory=list)
     plugins: list[Path] = field(default_factory=list)
     custom_ops: list[str] = field(default_factory=list)
     lint: list = field(default_factory=list)
@@ -114,6 +137,8 @@ class BuildPlan:
             "hardware_compatibility_level": HARDWARE_COMPAT_LEVEL if self.hardware_compat else None,
             "dla": {"core": self.dla_core, "gpu_fallback": self.gpu_fallback} if self.dla_core is not None else None,
             "timing_cache": str(self.timing_cache) if self.timing_cache else None,
+            "edition": self.target.edition,
+            "compute_capabilities": list(self.compute_capabilities) or None,
         }
 
 
@@ -134,13 +159,15 @@ def plan_build(
     opt_level: int | None = None,
     version_compatible: bool = False,
     hardware_compat: bool = False,
+    compute_capability: str | None = None,
     require_plugins: bool = True,
 ) -> BuildPlan:
     """Resolve and check a build of ``artifact`` (folder or ONNX file with its manifest).
 
     Raises BadInputError for anything the target cannot build: a precision the artifact is not
     typed for, a profile outside the ONNX input's static dimensions, options the target's
-    TensorRT lacks, lint errors, a missing plugin library (when ``require_plugins``).
+    TensorRT lacks (``compute_capability``, e.g. ``"86,89"``, is TensorRT for RTX's), lint errors,
+    a missing plugin library (when ``require_plugins``).
     """
     opened = open_artifact(artifact)
     onnx_path, manifest, model = opened.onnx_path, opened.manifest, opened.model
@@ -171,6 +198,11 @@ def plan_build(
         timing_cache=Path(timing_cache) if timing_cache else None, opt_level=opt_level,
         version_compatible=version_compatible, hardware_compat=hardware_compat,
     )
+    if compute_capability is not None:
+        if not plan.release.has("compute_capabilities"):
+            raise BadInputError(f"--compute-capability: {build_target.runtime_name} (target {build_target.name}) builds "
+                                "for the GPU it runs on; naming GPU architectures is TensorRT for RTX's (--target rtx)")
+        plan.compute_capabilities = parse_compute_capabilities(compute_capability)
     _check_options(plan)
 
     plan.lint = lint_onnx(onnx_path, build_target, dla=dla_core is not None, gpu_fallback=gpu_fallback)
@@ -178,7 +210,7 @@ def plan_build(
     if failed:
         listing = "; ".join(str(f) for f in failed[:8])
         more = f" (and {len(failed) - 8} more)" if len(failed) > 8 else ""
-        raise BadInputError(f"{onnx_path}: TensorRT {build_target.tensorrt} (target {build_target.name}) cannot "
+        raise BadInputError(f"{onnx_path}: {build_target.runtime_name} (target {build_target.name}) cannot "
                             f"build this graph: {listing}{more}. `segdeploy lint` lists every finding")
 
     customs = custom_nodes(model)
@@ -210,7 +242,7 @@ def _check_precision(onnx_path: Path, manifest: dict, precision: str | None) -> 
 
 def _check_options(plan: BuildPlan) -> None:
     target, release = plan.target, plan.release
-    where = f"TensorRT {target.tensorrt} (target {target.name})"
+    where = f"{target.runtime_name} (target {target.name})"
     for wanted, option, feature in ((plan.opt_level is not None, "--opt-level", "builder_optimization_level"),
                                     (plan.version_compatible, "--version-compatible", "version_compatible"),
                                     (plan.hardware_compat, "--hardware-compat", "hardware_compatibility_level")):

@@ -29,9 +29,12 @@ def parse_version(text: str) -> tuple[int, ...]:
 class Feature:
     """One release difference: the releases (and boards) that have it, and its trtexec flag."""
 
-    since: tuple[int, ...]
+    #: The first TensorRT release that has it; None: no TensorRT release (TensorRT for RTX only).
+    since: tuple[int, ...] | None
     #: The first release without it; None: every later one has it.
     until: tuple[int, ...] | None = None
+    #: Whether TensorRT for RTX (1.x, versioned apart from TensorRT) has it.
+    rtx: bool = False
     #: "jetson" or "desktop" where only one kind of device has it.
     platform: str | None = None
     #: The trtexec flag asking for it (a format string), where it has one.
@@ -40,23 +43,29 @@ class Feature:
     @property
     def first(self) -> str:
         """The first release that has it, as people write it (``"8.6"``)."""
-        return ".".join(map(str, self.since))
+        return ".".join(map(str, self.since)) if self.since else "none"
 
 
 #: The supported releases (8.5 / 8.6 on JetPack 5 / 6.0, 10.x, 11.x) differ in these, and only these.
 #: Typing: 8.x types networks weakly (the FP16/INT8 artifact's precision is switched on with builder
 #: flags; explicit Q/DQ for INT8, no calibrator); 10.x types them strongly when asked
 #: (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: the ONNX file's types are the precision);
-#: 11.x always does (the flag is deprecated there and not set).
+#: 11.x always does (the flag is deprecated there and not set). TensorRT for RTX 1.x (``rtx``) is
+#: strongly typed like 11.x and compiles ahead of time for named compute capabilities, on any
+#: machine: its engines carry no tactics timed on the build machine, and its kernels are
+#: JIT-compiled on the user's GPU.
 FEATURES: dict[str, Feature] = {
     "precision_flags":              Feature((8,), until=(10,), trtexec="--{precision}"),
     "strongly_typed_flag":          Feature((10,), until=(11,), trtexec="--stronglyTyped"),
-    "always_strongly_typed":        Feature((11,)),
+    "always_strongly_typed":        Feature((11,), rtx=True),
     # Plugins as IPluginV3 creators from getCreators(), registered with IPluginRegistry.load_library.
-    "ipluginv3":                    Feature((10,), trtexec="--dynamicPlugins={library}"),
-    "int64_io":                     Feature((10,)),
+    "ipluginv3":                    Feature((10,), rtx=True, trtexec="--dynamicPlugins={library}"),
+    "int64_io":                     Feature((10,), rtx=True),
     # The ops the 8.x parsers gained late or lack (segdeploy.lint.LATE_PARSER_OPS) are all there.
-    "late_parser_ops":              Feature((10,)),
+    "late_parser_ops":              Feature((10,), rtx=True),
+    # Engines for a list of GPU architectures, built without a GPU (TensorRT for RTX only).
+    "compute_capabilities":         Feature(None, rtx=True, trtexec="--computeCapabilities={capabilities}"),
+    "timing_cache":                 Feature((8,), trtexec="--timingCacheFile={path}"),
     "builder_optimization_level":   Feature((8, 6), trtexec="--builderOptimizationLevel={level}"),
     "version_compatible":           Feature((8, 6), trtexec="--versionCompatible"),
     "hardware_compatibility_level": Feature((8, 6), platform="desktop", trtexec="--hardwareCompatibilityLevel={level}"),
@@ -71,13 +80,24 @@ class Release:
 
     version: tuple[int, ...]
     jetson: bool = False
+    #: TensorRT for RTX (``import tensorrt_rtx``) rather than TensorRT (``import tensorrt``).
+    rtx: bool = False
 
     @classmethod
     def of_target(cls, target) -> Release | None:
         """The release of a ``segdeploy.targets.Target``; None for an ONNX Runtime target."""
         if not target.tensorrt:
             return None
-        return cls(parse_version(target.tensorrt), jetson=target.name.startswith("jetpack"))
+        return cls(parse_version(target.tensorrt), jetson=target.name.startswith("jetpack"), rtx=target.edition == "rtx")
+
+    @property
+    def product(self) -> str:
+        return "TensorRT for RTX" if self.rtx else "TensorRT"
+
+    @property
+    def module(self) -> str:
+        """The Python package to import."""
+        return "tensorrt_rtx" if self.rtx else "tensorrt"
 
     @property
     def major(self) -> int:
@@ -86,7 +106,9 @@ class Release:
     def reaches(self, feature: str) -> bool:
         """Whether the release is new (and not too new) for ``feature``, whatever the device."""
         spec = FEATURES[feature]
-        return self.version >= spec.since and (spec.until is None or self.version < spec.until)
+        if self.rtx:
+            return spec.rtx
+        return spec.since is not None and self.version >= spec.since and (spec.until is None or self.version < spec.until)
 
     def has(self, feature: str) -> bool:
         """Whether builds for this release (and kind of device) have ``feature``."""

@@ -30,8 +30,13 @@ class EngineFromPath:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
+    def select_edition(self) -> None:
+        """Make this process use the TensorRT edition (TensorRT or TensorRT for RTX) that built the engine."""
+        loader.use_edition(resolve_engine(self.path)[1]["tensorrt"].get("edition", "tensorrt"))
+
     def __call__(self, cuda=None):
         engine_path, manifest = resolve_engine(self.path)
+        loader.use_edition(manifest["tensorrt"].get("edition", "tensorrt"))
         loader.import_tensorrt()
         warnings = check_engine(manifest, engine_path, loader.runtime_info(cuda))
         plugins = []
@@ -47,6 +52,15 @@ class EngineFromPath:
             plugins.append(library)
         engine, runtime = loader.deserialize(engine_path.read_bytes(), plugins)
         return engine, runtime, manifest, warnings
+
+
+def _check_rtx_device(cuda) -> None:
+    """A clear refusal where no GPU can run a TensorRT for RTX engine (engine.json's check names the architecture)."""
+    try:
+        cuda.device_info()
+    except SegdeployError as exc:
+        raise SegdeployError(f"{exc}: TensorRT for RTX engines run on an RTX GPU (Turing to Blackwell) with NVIDIA's "
+                             "driver, and none is usable here") from None
 
 
 class TrtRunner(Runner):
@@ -81,9 +95,12 @@ class TrtRunner(Runner):
     # ------------------------------------------------------------------ lifetime
 
     def activate(self):
+        self.engine_loader.select_edition()
         trt = loader.import_tensorrt()
         self.cuda = cuda_api(self.cuda_preference)
         try:
+            if loader.edition() == "rtx":
+                _check_rtx_device(self.cuda)
             self.engine, self.runtime, self.manifest, self.warnings = self.engine_loader(self.cuda)
             self.context = self.engine.create_execution_context()
             if self.context is None:

@@ -1,19 +1,27 @@
 // TensorRT IPluginV3 "DenseCRF" (version 1): the dense CRF node that segdeploy.crf.append_crf_node appends
 // to an exported network, run by the CUDA kernels of libsegdeploy_kernels (sd_crf_cuda).
 //
-// Inputs: logits (N, C, H, W) float32 or float16, image uint8 (N, H, W, 3) or (N, 3, H, W).
+// Inputs: logits (N, C, H, W) float32 or float16; image float32 (N, H, W, 3) or (N, 3, H, W),
+// RGB values 0..255. TensorRT lets no layer but a cast read a uint8 tensor (DataType::kUINT8), so
+// the graph casts its uint8 image input to float32 for this node, and enqueue turns it back into
+// the uint8 image that sd_crf_cuda takes (rounded, clamped to 0..255), in the workspace.
 // Outputs: probabilities float32 (N, C, H, W), labels int32 (N, H, W).
-// Attributes (the ONNX node's, passed on by TensorRT's ONNX parser): spatial_weight,
+// Attributes (the ONNX node's, passed on by TensorRT's ONNX parser, whose loadFields gives
+// floats as kFLOAT32, ints as kINT32 and strings as kCHAR with their NUL): spatial_weight,
 // spatial_theta, bilateral_weight, bilateral_theta_xy, bilateral_theta_rgb (float),
 // iterations (int), normalization ("symmetric" | "after"), unary_kind ("logits" |
 // "probabilities" | "neg_log_prob").
 //
 // Load the library with IPluginRegistry::loadLibrary (trtexec --dynamicPlugins=...), which
 // calls setLoggerFinder() and getCreators() below. The workspace comes from TensorRT, sized by
-// getWorkspaceSize for the largest shape of the profile; enqueue never waits for the stream.
+// getWorkspaceSize for the largest shapes of the profile: the uint8 image, then sd_crf_cuda's
+// workspace, each at a multiple of 256 bytes. enqueue never waits for the stream.
 #include <NvInferRuntime.h>
+#include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -34,12 +42,69 @@ constexpr char kNamespace[] = "";
 std::atomic<ILoggerFinder*> logger_finder{nullptr};  // given by TensorRT when it loads the library
 
 // Errors go to the logger of the engine or builder that called (stderr when there is none).
-void log_error(const char* what) {
+void log_error(const std::string& what) {
   ILoggerFinder* finder = logger_finder.load();
   ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
-  const std::string message = std::string("DenseCRF plugin: ") + what;
+  const std::string message = "DenseCRF plugin: " + what;
   if (logger != nullptr) logger->log(ILogger::Severity::kERROR, message.c_str());
   else std::fprintf(stderr, "%s\n", message.c_str());
+}
+
+// Logs a failed CUDA call; true when it succeeded.
+bool cuda_ok(cudaError_t result, const char* what) {
+  if (result == cudaSuccess) return true;
+  log_error(std::string(what) + ": " + cudaGetErrorName(result) + " (" + cudaGetErrorString(result) + ")");
+  return false;
+}
+
+constexpr size_t kAlignment = 256;  // of each part of the workspace
+
+size_t align_up(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+// Elements of a tensor of these dims, or 0 when one is unknown (-1).
+size_t volume(const Dims& dims) {
+  size_t count = 1;
+  for (int32_t i = 0; i < dims.nbDims; ++i) {
+    if (dims.d[i] < 0) return 0;
+    count *= size_t(dims.d[i]);
+  }
+  return count;
+}
+
+// Whether the image's dims fit the logits' (N, C, H, W) as (N, H, W, 3) or as (N, 3, H, W); an
+// unknown dim (-1, at build time) fits anything. *hwc tells which (HWC when both fit).
+bool image_fits(const Dims& logits, const Dims& image, bool* hwc) {
+  if (logits.nbDims != 4 || image.nbDims != 4) return false;
+  const auto same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
+  const bool batch = same(image.d[0], logits.d[0]);
+  const bool as_hwc = batch && same(image.d[1], logits.d[2]) && same(image.d[2], logits.d[3]) && same(image.d[3], 3);
+  const bool as_chw = batch && same(image.d[1], 3) && same(image.d[2], logits.d[2]) && same(image.d[3], logits.d[3]);
+  if (hwc != nullptr) *hwc = as_hwc;
+  return as_hwc || as_chw;
+}
+
+// Workspace bytes for logits and an image of at most these dims: the uint8 image, then sd_crf_cuda's
+// workspace, each at a multiple of kAlignment. False (logged) when sd_crf_cuda_workspace_bytes
+// fails: its CUB size queries need a CUDA device.
+bool workspace_bytes(const Dims& logits, const Dims& image, size_t* bytes) {
+  if (volume(logits) == 0 || volume(image) == 0) {
+    log_error("cannot size the workspace: the profile's largest shapes are not known");
+    return false;
+  }
+  size_t crf_bytes = 0;
+  if (sd_crf_cuda_workspace_bytes(int32_t(logits.d[1]), int32_t(logits.d[2]), int32_t(logits.d[3]), &crf_bytes) != SD_OK) {
+    log_error(std::string("cannot size the workspace (building needs a CUDA device): ") + sd_last_error());
+    return false;
+  }
+  *bytes = align_up(volume(image)) + align_up(crf_bytes);
+  return true;
+}
+
+// The float image (whole numbers 0..255, from a uint8 image's cast) as uint8, rounded and clamped.
+__global__ void image_to_uint8(const float* __restrict__ image, uint8_t* __restrict__ out, size_t count) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride)
+    out[i] = static_cast<uint8_t>(__float2uint_rn(fminf(fmaxf(image[i], 0.0f), 255.0f)));  // NaN -> 0
 }
 
 struct Attributes {
@@ -54,17 +119,49 @@ int32_t unary_kind_code(const std::string& kind) {
   return SD_CRF_UNARY_LOGITS;
 }
 
-float field_float(const PluginField& field) {
-  if (field.type == PluginFieldType::kFLOAT64) return float(*static_cast<const double*>(field.data));
-  return *static_cast<const float*>(field.data);
+std::string field_error(const PluginField& field, const char* expected) {
+  return std::string("attribute ") + field.name + ": expected " + expected + ", got PluginFieldType " +
+         std::to_string(int(field.type)) + " of length " + std::to_string(field.length);
 }
 
-int32_t field_int(const PluginField& field) {
-  if (field.type == PluginFieldType::kINT64) return int32_t(*static_cast<const int64_t*>(field.data));
-  return *static_cast<const int32_t*>(field.data);
+// The field's single number: a Narrow (what the ONNX parser and getFieldsToSerialize give), or a
+// Wide (kFLOAT64, kINT64) narrowed.
+template <typename Narrow, typename Wide>
+bool field_number(const PluginField& field, PluginFieldType narrow, PluginFieldType wide, const char* expected,
+                  Narrow* value, std::string* error) {
+  if (field.length == 1 && field.type == narrow) {
+    *value = *static_cast<const Narrow*>(field.data);
+  } else if (field.length == 1 && field.type == wide) {
+    *value = Narrow(*static_cast<const Wide*>(field.data));
+  } else {
+    *error = field_error(field, expected);
+    return false;
+  }
+  return true;
 }
 
-Attributes parse(const PluginFieldCollection* fields) {
+bool field_float(const PluginField& field, float* value, std::string* error) {
+  return field_number<float, double>(field, PluginFieldType::kFLOAT32, PluginFieldType::kFLOAT64, "one float", value,
+                                     error);
+}
+
+bool field_int(const PluginField& field, int32_t* value, std::string* error) {
+  return field_number<int32_t, int64_t>(field, PluginFieldType::kINT32, PluginFieldType::kINT64, "one int", value,
+                                        error);
+}
+
+// The field's text (kCHAR, with or without a trailing NUL: the parser's has one, ours has none).
+bool field_text(const PluginField& field, std::string* value, std::string* error) {
+  if (field.type != PluginFieldType::kCHAR || field.length < 0) {
+    *error = field_error(field, "a string");
+    return false;
+  }
+  *value = std::string(static_cast<const char*>(field.data), size_t(field.length)).c_str();  // up to a NUL
+  return true;
+}
+
+// The attributes in `fields` over the defaults; false (and *error) for a field of a wrong type.
+bool parse(const PluginFieldCollection* fields, Attributes* out, std::string* error) {
   Attributes a;
   sd_crf_default_params(&a.params);
   struct FloatField {
@@ -79,15 +176,25 @@ Attributes parse(const PluginFieldCollection* fields) {
   for (int32_t i = 0; fields != nullptr && i < fields->nbFields; ++i) {
     const PluginField& field = fields->fields[i];
     if (field.data == nullptr || field.name == nullptr) continue;
+    bool ok = true;
     for (const FloatField& f : floats)
-      if (std::strcmp(field.name, f.name) == 0) *f.target = field_float(field);
-    if (std::strcmp(field.name, "iterations") == 0) a.params.iterations = field_int(field);
-    const std::string text(static_cast<const char*>(field.data), field.type == PluginFieldType::kCHAR ? field.length : 0);
-    if (std::strcmp(field.name, "normalization") == 0) a.normalization = text.c_str();  // drops a trailing NUL
-    if (std::strcmp(field.name, "unary_kind") == 0) a.unary_kind = text.c_str();
+      if (std::strcmp(field.name, f.name) == 0) ok = field_float(field, f.target, error);
+    if (std::strcmp(field.name, "iterations") == 0) ok = field_int(field, &a.params.iterations, error);
+    if (std::strcmp(field.name, "normalization") == 0) ok = field_text(field, &a.normalization, error);
+    if (std::strcmp(field.name, "unary_kind") == 0) ok = field_text(field, &a.unary_kind, error);
+    if (!ok) return false;
+  }
+  if (a.normalization != "symmetric" && a.normalization != "after") {
+    *error = "attribute normalization: \"" + a.normalization + "\" is neither symmetric nor after";
+    return false;
+  }
+  if (a.unary_kind != "logits" && a.unary_kind != "probabilities" && a.unary_kind != "neg_log_prob") {
+    *error = "attribute unary_kind: \"" + a.unary_kind + "\" is not logits, probabilities or neg_log_prob";
+    return false;
   }
   a.params.normalization = a.normalization == "after" ? SD_CRF_NORMALIZE_AFTER : SD_CRF_NORMALIZE_SYMMETRIC;
-  return a;
+  *out = std::move(a);
+  return true;
 }
 
 class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild, public IPluginV3OneRuntime {
@@ -96,9 +203,12 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
   DenseCrfPlugin(const DenseCrfPlugin& other) : a_(other.a_) { describe_fields(); }
 
   IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override {
-    if (type == PluginCapabilityType::kBUILD) return static_cast<IPluginV3OneBuild*>(this);
-    if (type == PluginCapabilityType::kRUNTIME) return static_cast<IPluginV3OneRuntime*>(this);
-    return static_cast<IPluginV3OneCore*>(this);
+    switch (type) {
+      case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
+      case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
+      case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;  // a capability of a later TensorRT that this plugin does not implement
   }
 
   IPluginV3* clone() noexcept override {
@@ -117,8 +227,15 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
 
   int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
                           int32_t nbOutputs) noexcept override {
-    if (nbInputs != 2 || nbOutputs != 2 || in[0].desc.dims.nbDims != 4 || in[1].desc.dims.nbDims != 4) return -1;
-    return 0;
+    if (nbInputs != 2 || nbOutputs != 2) return -1;
+    if (!image_fits(in[0].desc.dims, in[1].desc.dims, nullptr) || !image_fits(in[0].max, in[1].max, nullptr)) {
+      log_error("the image must be (N, H, W, 3) or (N, 3, H, W) for logits (N, C, H, W)");
+      return -1;
+    }
+    // getWorkspaceSize cannot fail: a workspace that cannot be sized fails the build here instead of
+    // giving an engine whose plugin writes past its workspace.
+    size_t bytes = 0;
+    return workspace_bytes(in[0].max, in[1].max, &bytes) ? 0 : -1;
   }
 
   bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
@@ -127,14 +244,15 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
     const DataType type = inOut[pos].desc.type;
     switch (pos) {
       case 0: return type == DataType::kFLOAT || type == DataType::kHALF;
-      case 1: return type == DataType::kUINT8;
+      case 1: return type == DataType::kFLOAT;  // a Cast of the uint8 image (TensorRT casts uint8 only)
       case 2: return type == DataType::kFLOAT;
       default: return type == DataType::kINT32;
     }
   }
 
-  int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const*, int32_t) const noexcept override {
-    if (nbOutputs != 2) return -1;
+  int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const*,
+                             int32_t nbInputs) const noexcept override {
+    if (nbInputs != 2 || nbOutputs != 2) return -1;
     outputTypes[0] = DataType::kFLOAT;
     outputTypes[1] = DataType::kINT32;
     return 0;
@@ -142,7 +260,7 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
 
   int32_t getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t, DimsExprs* outputs,
                           int32_t nbOutputs, IExprBuilder&) noexcept override {
-    if (nbInputs != 2 || nbOutputs != 2 || inputs[0].nbDims != 4) return -1;
+    if (nbInputs != 2 || nbOutputs != 2 || inputs[0].nbDims != 4 || inputs[1].nbDims != 4) return -1;
     outputs[0] = inputs[0];
     outputs[1].nbDims = 3;
     outputs[1].d[0] = inputs[0].d[0];
@@ -153,11 +271,8 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
 
   size_t getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t, DynamicPluginTensorDesc const*,
                           int32_t) const noexcept override {
-    const Dims& largest = inputs[0].max;
     size_t bytes = 0;
-    if (sd_crf_cuda_workspace_bytes(int32_t(largest.d[1]), int32_t(largest.d[2]), int32_t(largest.d[3]), &bytes) != SD_OK)
-      log_error(sd_last_error());
-    return bytes;
+    return workspace_bytes(inputs[0].max, inputs[1].max, &bytes) ? bytes : 0;  // 0: configurePlugin failed
   }
 
   int32_t onShapeChange(PluginTensorDesc const*, int32_t, PluginTensorDesc const*, int32_t) noexcept override { return 0; }
@@ -166,22 +281,37 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
                   void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
     const Dims& logits = inputDesc[0].dims;
     const Dims& image = inputDesc[1].dims;
+    bool hwc = true;
+    if (!image_fits(logits, image, &hwc) || inputDesc[1].type != DataType::kFLOAT) {
+      log_error("the image must be float32 (N, H, W, 3) or (N, 3, H, W) for logits (N, C, H, W)");
+      return -1;
+    }
+    // The uint8 image at the start of the workspace, sd_crf_cuda's workspace after it.
+    const size_t image_count = volume(image);
+    auto* image_uint8 = static_cast<uint8_t*>(workspace);
+    if (image_count > 0) {
+      constexpr int kThreads = 256;
+      const size_t blocks = std::min<size_t>((image_count + kThreads - 1) / kThreads, 4096);
+      image_to_uint8<<<unsigned(blocks), kThreads, 0, stream>>>(static_cast<const float*>(inputs[1]), image_uint8,
+                                                                image_count);
+      if (!cuda_ok(cudaGetLastError(), "launching the image conversion")) return -1;
+    }
     sd_crf_io io{};
     io.unary = inputs[0];
     io.unary_dtype = inputDesc[0].type == DataType::kHALF ? SD_DTYPE_FLOAT16 : SD_DTYPE_FLOAT32;
     io.unary_kind = unary_kind_code(a_.unary_kind);
-    io.image = static_cast<const uint8_t*>(inputs[1]);
+    io.image = image_uint8;
     io.batch = int32_t(logits.d[0]);
     io.classes = int32_t(logits.d[1]);
     io.height = int32_t(logits.d[2]);
     io.width = int32_t(logits.d[3]);
-    const bool hwc = image.d[3] == 3 && image.d[1] == logits.d[2] && image.d[2] == logits.d[3];
     io.image_layout = hwc ? SD_IMAGE_HWC : SD_IMAGE_CHW;
     io.probabilities = static_cast<float*>(outputs[0]);
     io.labels = static_cast<int32_t*>(outputs[1]);
     size_t bytes = 0;
     int status = sd_crf_cuda_workspace_bytes(io.classes, io.height, io.width, &bytes);
-    if (status == SD_OK) status = sd_crf_cuda(&a_.params, &io, workspace, bytes, /*check_finite=*/0, stream);
+    if (status == SD_OK)
+      status = sd_crf_cuda(&a_.params, &io, image_uint8 + align_up(image_count), bytes, /*check_finite=*/0, stream);
     if (status != SD_OK) log_error(sd_last_error());
     return status == SD_OK ? 0 : -1;
   }
@@ -231,7 +361,12 @@ class DenseCrfPluginCreator : public IPluginCreatorV3One {
 
   IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
     try {
-      Attributes attributes = parse(fc);
+      Attributes attributes;
+      std::string error;
+      if (!parse(fc, &attributes, &error)) {
+        log_error(error);
+        return nullptr;
+      }
       // Reject what the kernel would reject, at build time rather than at the first enqueue.
       const sd_crf_io probe{reinterpret_cast<const void*>(1), SD_DTYPE_FLOAT32, unary_kind_code(attributes.unary_kind),
                             reinterpret_cast<const uint8_t*>(1), SD_IMAGE_HWC, 1, 1, 1, 1,
