@@ -39,7 +39,14 @@ def _profile_shape(dims) -> tuple[int, ...]:
 def run_one(path: str) -> dict:
     import tensorrt_rtx as trt
 
+    from segdeploy.backend.trt import loader
+    from segdeploy.backend.trt.plan import plugin_library_path
+
+    loader.use_edition("rtx")
+    loader.import_tensorrt()  # links the parser's libtensorrt_rtx.so name, which plugin nodes need
     logger = trt.Logger(trt.Logger.ERROR)
+    if plugin_library_path().is_file():  # segdeploy's plugins, where the library was built (TensorRT headers)
+        loader.load_plugins([plugin_library_path()])
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -120,10 +127,12 @@ def crafted_cases() -> list[tuple[str, object]]:
         "antialias": dict(mode="linear", antialias=1),
         "nearest": dict(mode="nearest", nearest_mode="round_half_even"),
         "policy": dict(mode="linear", keep_aspect_ratio_policy="not_larger"),
-        "tf_nn_linear": dict(mode="linear", coordinate_transformation_mode="tf_half_pixel_for_nn"),
+        "tf_nn_ceil": dict(mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn", nearest_mode="round_prefer_ceil"),
     }
     cases += [(f"Resize {name} (opset 19)", resize_model(resize_node(name, **attrs), opset=19)) for name, attrs in bad.items()]
     cases.append(("Resize cubic", resize_model(resize_node("cubic", mode="cubic"))))
+    cases.append(("Resize tf_nn_linear (opset 19)", resize_model(resize_node(
+        "tf_nn_linear", mode="linear", coordinate_transformation_mode="tf_half_pixel_for_nn"), opset=19)))
 
     argmax = helper.make_node("ArgMax", ["logits"], ["labels"], name="head_argmax", axis=1, keepdims=0)
     int64 = with_node(seg_graph(), argmax, output_type=I64)
@@ -190,6 +199,7 @@ def main() -> None:
     parser.add_argument("--one", metavar="PATH", help="parse and build PATH with TensorRT for RTX; print one JSON line")
     parser.add_argument("--zoo", type=int, default=len(ZOO_DEFAULT), help="how many zoo models to export (default 4)")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--readme", action="store_true", help="write the table (without details) into the README's lint-parser block")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one)), flush=True)
@@ -251,6 +261,15 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.readme:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from readme_blocks import provenance, replace_block
+
+        short = ["| case | lint rule(s) | lint | TensorRT for RTX | agree? |", "| --- | --- | --- | --- | --- |"]
+        short += ["| " + " | ".join(cell(str(c)) for c in row[:5]) + " |" for row in run]
+        summary = f"**{sum(row[6] for row in run)} of {len(run)} agree** (lint target `{primary}`; DLA rules need a Jetson)."
+        replace_block("lint-parser", "\n".join([*short, "", summary, "",
+                                                 provenance(f"python benchmarks/lint_vs_parser.py --zoo {args.zoo} --readme")]))
 
 
 if __name__ == "__main__":

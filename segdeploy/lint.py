@@ -204,8 +204,6 @@ def _check_ops(model, names, target: Target) -> list[Finding]:
                                  f"{target.name}: {target.runtime_name}); check the release's operator list", name, op))
         elif op == "MaxPool" and len([o for o in node.output if o]) > 1:
             found.append(Finding("error", "unsupported-op", "MaxPool's Indices output is not supported by TensorRT", name, op))
-        elif op in ("ArgMax", "ArgMin") and _attr(node, "select_last_index", 0):
-            found.append(Finding("error", "unsupported-op", f"{op} with select_last_index=1 is not supported by TensorRT", name, op))
     return found
 
 
@@ -226,15 +224,16 @@ def _check_resize(model, names) -> list[Finding]:
         if node.op_type == "Resize" and coordinate not in RESIZE_COORDINATE_MODES:
             add("error", f"coordinate_transformation_mode {coordinate!r} is not supported "
                          f"(supported: {', '.join(RESIZE_COORDINATE_MODES)})")
-        if mode == "nearest":
-            nearest = _attr(node, "nearest_mode", "round_prefer_floor")
-            if nearest not in RESIZE_NEAREST_MODES:
-                add("error", f"nearest_mode {nearest!r} is not supported (supported: {', '.join(RESIZE_NEAREST_MODES)})")
-            elif coordinate == "tf_half_pixel_for_nn" and nearest != "round_prefer_ceil":
-                add("warning", f"nearest_mode {nearest!r} with tf_half_pixel_for_nn: TensorFlow's own nearest "
-                               "rounding is round_prefer_ceil; check the result against ONNX Runtime")
-        elif coordinate == "tf_half_pixel_for_nn":
-            add("error", f"tf_half_pixel_for_nn is defined for nearest resizing only, not {mode!r}")
+        nearest = _attr(node, "nearest_mode", "round_prefer_floor")
+        if mode == "nearest" and nearest not in RESIZE_NEAREST_MODES:
+            add("error", f"nearest_mode {nearest!r} is not supported (supported: {', '.join(RESIZE_NEAREST_MODES)})")
+        elif coordinate == "tf_half_pixel_for_nn" and nearest != "round_prefer_floor":
+            # The parser's own check, whatever the mode (onnx-tensorrt's Resize checker).
+            add("error", f"tf_half_pixel_for_nn with nearest_mode {nearest!r}: TensorRT's parser takes it with "
+                         "round_prefer_floor only")
+        elif coordinate == "tf_half_pixel_for_nn" and mode != "nearest":
+            add("warning", f"tf_half_pixel_for_nn is TensorFlow's nearest-neighbour convention, here with {mode!r} "
+                           "resizing: it builds; check the result against ONNX Runtime")
         if _attr(node, "antialias", 0):
             add("error", "antialias=1: TensorRT's Resize does not antialias, so downscaling would not match ONNX "
                          "Runtime; resize without antialiasing in the model")

@@ -103,7 +103,8 @@ def test_resize_attributes():
         "antialias": resize_node("antialias", mode="linear", antialias=1),
         "nearest": resize_node("nearest", mode="nearest", nearest_mode="round_half_even"),
         "policy": resize_node("policy", mode="linear", keep_aspect_ratio_policy="not_larger"),
-        "tf_nn_linear": resize_node("tf_nn_linear", mode="linear", coordinate_transformation_mode="tf_half_pixel_for_nn"),
+        "tf_nn_ceil": resize_node("tf_nn_ceil", mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn",
+                                  nearest_mode="round_prefer_ceil"),
     }
     for name, node in bad.items():
         found = lint_onnx(resize_model(node, opset=19), "trt11")
@@ -113,6 +114,9 @@ def test_resize_attributes():
     assert "antialias" in lint_onnx(resize_model(bad["antialias"]), "trt11")[0].message
     cubic = lint_onnx(resize_model(resize_node("cubic", mode="cubic")), "trt11")
     assert [(f.severity, f.node) for f in cubic] == [("warning", "cubic")]
+    # TensorRT for RTX's parser builds TensorFlow's nearest convention with linear resizing (lint_vs_parser.py).
+    tf_linear = resize_node("tf_nn_linear", mode="linear", coordinate_transformation_mode="tf_half_pixel_for_nn")
+    assert [f.severity for f in lint_onnx(resize_model(tf_linear, opset=19), "rtx")] == ["warning"]
 
 
 def test_int64_outputs_from_argmax():
@@ -127,7 +131,8 @@ def test_int64_outputs_from_argmax():
     assert lint_onnx(fixed, "jetpack6.0") == []
     last = with_node(seg_graph(), helper.make_node("ArgMax", ["logits"], ["l"], name="last_index", axis=1, select_last_index=1),
                      output_type=I64)
-    assert ("unsupported-op", "last_index") in rules(lint_onnx(last, "trt11"), "error")
+    # Every supported parser imports select_last_index (opset >= 12; TensorRT for RTX builds it).
+    assert rules(lint_onnx(last, "trt11"), "error") == set()
 
 
 def test_qdq_rules_reuse_the_int8_checks(tmp_path):

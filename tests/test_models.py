@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from cli import run_cli  # noqa: E402
+from rtx import build_rtx, rtx_installed  # noqa: E402
 from torch import nn  # noqa: E402
 
 from segdeploy.errors import BadInputError  # noqa: E402
@@ -82,8 +83,10 @@ def test_every_variant_exports_and_passes_the_parity_gate(name, model_kwargs, tm
     from segdeploy.lint import errors, lint_onnx
 
     assert errors(result.lint) == []
-    for target in ("jetpack6.2", "trt10", "cpu"):
+    for target in ("jetpack6.2", "trt10", "rtx", "cpu"):
         assert errors(lint_onnx(result.onnx_path, target)) == [], target
+    if rtx_installed():  # and a real TensorRT parses and builds it (ahead of time, for SM86)
+        build_rtx(result.onnx_path.parent, tmp_path / "rtx", f"{name} fp32")
     assert sorted(r.shape[0] for r in result.parity) == [1, 2]
     assert len({r.shape[2:] for r in result.parity}) == 2
     if model_kwargs.get("return_boundary"):

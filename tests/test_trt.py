@@ -616,3 +616,24 @@ def test_the_printed_trtexec_command_builds_a_loadable_engine(tensorrt, artifact
 
     engine, _ = deserialize(plan.engine_path.read_bytes())
     assert [t["name"] for t in engine_io(engine)] == ["images", "logits"]
+
+
+def test_rtx_parser_gets_the_library_name_it_opens_for_plugin_nodes(tmp_path):
+    """TensorRT for RTX's wheel ships libtensorrt_rtx.so.1 only; its ONNX parser dlopen()s libtensorrt_rtx.so."""
+    from segdeploy.backend.trt.loader import _let_rtx_parser_find_its_library
+    from segdeploy.errors import SegdeployError
+
+    (tmp_path / "libtensorrt_rtx.so.1").write_bytes(b"\x7fELF")
+    _let_rtx_parser_find_its_library(tmp_path)
+    link = tmp_path / "libtensorrt_rtx.so"
+    assert link.is_symlink() and os.readlink(link) == "libtensorrt_rtx.so.1"
+    _let_rtx_parser_find_its_library(tmp_path)  # there already: left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["libtensorrt_rtx.so", "libtensorrt_rtx.so.1"]
+    if os.geteuid() != 0:  # root writes into read-only folders
+        link.unlink()
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(SegdeployError, match="ln -s libtensorrt_rtx.so.1"):
+                _let_rtx_parser_find_its_library(tmp_path)
+        finally:
+            tmp_path.chmod(0o755)

@@ -6,7 +6,7 @@ the uint8 ``image`` input to float32 for the node. The build test compiles the C
 time for SM86 with TensorRT for RTX (``tensorrt_rtx``, which needs no GPU to build) and
 segdeploy's plugin library (kernels/trt_plugin, built where TensorRT's headers are: point
 ``SEGDEPLOY_TRT_PLUGIN_LIB`` at it); it skips when either is missing, as in CI. It drives
-``tensorrt_rtx`` directly: ``segdeploy build`` has no ahead-of-time compute-capability option yet.
+``tensorrt_rtx`` directly, to read the plugin's own messages in TensorRT's log.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def test_the_crf_node_reads_a_float32_cast_of_the_uint8_image():
 _BUILD = r"""
 import json, sys, time
 import tensorrt_rtx as trt
+from segdeploy.backend.trt import loader
 
+loader.use_edition("rtx")
+loader.import_tensorrt()  # links libtensorrt_rtx.so, which the parser opens for plugin nodes
 onnx_path, plugin, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 messages = []
 

@@ -21,7 +21,8 @@ from .common import echo_json, json_option, parse_key_values, progress_status
 @click.option("--input-size", nargs=2, type=int, default=(512, 512), show_default=True, metavar="H W",
               help="Export shape; must be a multiple of the model's output stride. Batch, H and W stay dynamic.")
 @click.option("--target", default="trt11", show_default=True,
-              help="Where the ONNX will run: jetpack5, jetpack6.0, jetpack6.2, trt10, trt11 or cpu. Sets the opset and exporter.")
+              help="Where the ONNX will run: jetpack5, jetpack6.0, jetpack6.2, trt10, trt11, rtx (TensorRT for RTX) or cpu. "
+                   "Sets the opset and exporter.")
 @click.option("--opset", type=click.IntRange(13, 25),
               help="ONNX opset instead of the target's; below 18 the TorchScript exporter is used (dynamo cannot emit them).")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",

@@ -54,7 +54,7 @@ def gate_options(command):
         click.option("--sensitivity-images", type=click.IntRange(1), default=8, show_default=True,
                      help="Validation images each layer's sensitivity is scored on."),
         click.option("--target",
-                     help="Deployment target (jetpack5, jetpack6.0, jetpack6.2, trt10, trt11, cpu). Default: the manifest's."),
+                     help="Deployment target (jetpack5, jetpack6.0, jetpack6.2, trt10, trt11, rtx, cpu). Default: the manifest's."),
         click.option("--output", "-o", type=click.Path(file_okay=False),
                      help="Output artifact folder. Default: beside the source, suffixed _fp16/_int8."),
     ]):  # fmt: skip

@@ -10,7 +10,7 @@ from .common import echo_json, json_option
 
 @click.command("lint")
 @click.argument("model", type=click.Path())
-@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10, trt11 or cpu. Default: the manifest's, else trt11.")
+@click.option("--target", help="jetpack5, jetpack6.0, jetpack6.2, trt10, trt11, rtx or cpu. Default: the manifest's, else trt11.")
 @click.option("--dla", is_flag=True, help="Also report what DLA (Jetson Xavier/Orin) cannot run.")
 @click.option("--no-gpu-fallback", is_flag=True, help="With --dla: layers DLA cannot run are errors, not warnings.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
