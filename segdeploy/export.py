@@ -99,7 +99,9 @@ def export_model(
     # stride, or the one asked for with --model-arg output_stride=N.
     multiple = int(args.get("output_stride") or (spec.output_stride if spec else getattr(model, "output_stride", DEFAULT_SIZE_MULTIPLE)))
     height, width = _check_input_size(input_size, multiple, spec)
-    spec_in = input_spec(height, width, size_multiple=multiple)
+    # A variant with its own size rule (the unpadded U-Net's) takes sizes that are no multiple of its stride.
+    own_rule = spec is not None and spec.valid_input_size is not None
+    spec_in = input_spec(height, width, size_multiple=1 if own_rule else multiple)
 
     output_dir = Path(output_dir)
     onnx_path, manifest_path = output_dir / ONNX_NAME, output_dir / MANIFEST_NAME
