@@ -23,6 +23,7 @@ from .lint import errors, lint_onnx, lint_report
 from .manifest import MANIFEST_NAME, ONNX_NAME, default_class_names, new_manifest, onnx_file_section, write_manifest
 from .models.loading import build_model
 from .models.registry import get_spec
+from .outputs import Head
 from .parity import ParityResult, Thresholds, check_parity, compare_outputs, parity_shapes, sample_feed
 from .preprocess import input_spec
 from .targets import get_target
@@ -108,18 +109,21 @@ def export_model(
     with atomic_path(onnx_path) as tmp_onnx:
         progress(f"exporting to ONNX (opset {opset})")
         started = time.perf_counter()
-        output_names = _export_onnx(model, tmp_onnx, height, width, opset, exporter)
+        output_names, channels = _export_onnx(model, tmp_onnx, height, width, opset, exporter)
         export_seconds = time.perf_counter() - started
+        # The first output is the prediction; one channel is a binary logit head (threshold 0).
+        prediction, head = output_names[0], Head.detect(channels)
 
         progress("checking parity with PyTorch at two shapes")
         shapes = parity_shapes(height, width, multiple, spec.valid_input_size if spec else None)
-        results = _run_parity(model, tmp_onnx, output_names, shapes, spec_in, thresholds)
-        output = {"name": OUTPUT_NAME, "dtype": "float32", "layout": "NCHW", "all": output_names}
+        results = _run_parity(model, tmp_onnx, output_names, shapes, spec_in, thresholds, prediction, head)
+        output = {"name": prediction, "dtype": "float32", "layout": "NCHW", "all": output_names, **head.to_manifest()}
         crf_section = None
         if crf is not None:
             progress("appending the dense CRF and checking it")
             crf_section = _append_crf(model, tmp_onnx, spec_in, crf, shapes[0], thresholds)
-            output = {"name": "probabilities", "dtype": "float32", "layout": "NCHW", "all": ["probabilities", "labels"]}
+            output = {"name": "probabilities", "dtype": "float32", "layout": "NCHW", "all": ["probabilities", "labels"],
+                      **Head("multiclass", "softmax").to_manifest()}
         progress(f"linting for target {profile.name}")
         findings = lint_onnx(tmp_onnx, profile)
         manifest = new_manifest(
@@ -149,7 +153,7 @@ def export_model(
             parity={
                 "reference": "torch",
                 "candidate": "ort",
-                "thresholds": {"max_abs_diff": thresholds.max_abs_diff, "min_agreement": thresholds.min_agreement},
+                "thresholds": thresholds.to_json(),
                 "passed": all(r.passed for r in results),
                 "shapes": [r.to_json() for r in results],
             },
@@ -158,7 +162,7 @@ def export_model(
     write_manifest(output_dir, manifest)
     crf_parity = None
     if crf_section:
-        crf_parity = ParityResult(**{**crf_section["parity"], "shape": tuple(crf_section["parity"]["shape"])})
+        crf_parity = ParityResult.from_json(crf_section["parity"])
     result = ExportResult(onnx_path, manifest_path, manifest, results, findings, crf_parity)
     lint_errors = errors(findings)
     if lint_errors:
@@ -167,11 +171,10 @@ def export_model(
             + "; ".join(str(f) for f in lint_errors[:5])
         )
     if not result.passed:
-        worst = max([*results, *([crf_parity] if crf_parity else [])], key=lambda r: (not r.passed, r.max_abs_diff))
+        failed = next(r for r in [*results, *([crf_parity] if crf_parity else [])] if not r.passed)
         raise VerificationError(
-            f"{onnx_path}: parity gate failed at shape {list(worst.shape)}: max |Δ| {worst.max_abs_diff:.3g} "
-            f"(limit {thresholds.max_abs_diff:g}), argmax agreement {worst.argmax_agreement:.4%} "
-            f"(limit {thresholds.min_agreement:.4%}); the manifest records the failure"
+            f"{onnx_path}: parity gate failed at shape {list(failed.shape)}: {failed.failed_output.describe()}; "
+            f"limits: {thresholds.describe()}; the manifest records the failure"
         )
     return result
 
@@ -191,13 +194,15 @@ def _check_input_size(input_size, multiple: int, spec) -> tuple[int, int]:
     return height, width
 
 
-def _export_onnx(model, path: Path, height: int, width: int, opset: int, exporter: str) -> list[str]:
+def _export_onnx(model, path: Path, height: int, width: int, opset: int, exporter: str) -> tuple[list[str], int | None]:
+    """Write the ONNX; returns its output names and the first (prediction) output's channel count."""
     import torch
 
     example = torch.zeros(1, 3, height, width)
     with torch.inference_mode():
         sample = model(example)
-    n_outputs = len(sample) if isinstance(sample, (tuple, list)) else 1
+    sample = tuple(sample) if isinstance(sample, (tuple, list)) else (sample,)
+    n_outputs = len(sample)
     default_names = [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{i}" for i in range(1, n_outputs)]
     output_names = list(getattr(model, "output_names", default_names))
     dims = {0: "batch", 2: "height", 3: "width"}
@@ -221,7 +226,7 @@ def _export_onnx(model, path: Path, height: int, width: int, opset: int, exporte
         except Exception as exc:
             raise SegdeployError(f"ONNX export of the model failed (opset {opset}): {str(exc).splitlines()[0]}") from exc
     _name_dynamic_axes(path, dims)
-    return output_names
+    return output_names, int(sample[0].shape[1]) if sample[0].dim() >= 2 else None
 
 
 def _name_dynamic_axes(path: Path, dims: dict[int, str]) -> None:
@@ -263,13 +268,14 @@ def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, 
     expected = dense_crf(logits, feed["image"], params, output="probabilities")
     with OnnxrtRunner.from_artifact(onnx_path, {"crf": section}) as runner:
         actual = runner.infer(feed)["probabilities"]
-    section["parity"] = compare_outputs(expected, actual, thresholds, input_shape=shape).to_json()
+    section["parity"] = compare_outputs(expected, actual, thresholds, input_shape=shape, name="probabilities").to_json()
     return section
 
 
-def _run_parity(model, onnx_path: Path, output_names, shapes, spec_in: dict, thresholds: Thresholds):
+def _run_parity(model, onnx_path: Path, output_names, shapes, spec_in: dict, thresholds: Thresholds, prediction: str,
+                head: Head):
     with TorchRunner(lambda: model, output_names=output_names) as reference, OnnxrtRunner(SessionFromOnnx(onnx_path)) as candidate:
-        return check_parity(reference, candidate, shapes, spec_in, thresholds)
+        return check_parity(reference, candidate, shapes, spec_in, thresholds, prediction, head)
 
 
 def _versions() -> dict:

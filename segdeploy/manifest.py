@@ -64,18 +64,26 @@ def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
 
 
 def resolve_artifact(path: str | os.PathLike) -> tuple[Path, dict | None]:
-    """Accept an artifact folder or an ONNX file; return the ONNX path and its manifest (if any)."""
+    """Accept an artifact folder or an ONNX file; return the ONNX path and its manifest (if any).
+
+    A folder's model is the file its manifest names (``model.onnx`` for exports; an adopted file
+    keeps its own name). A manifest beside a file describes that file only when it names it.
+    """
     path = Path(path)
     if path.is_dir():
-        onnx_path = path / ONNX_NAME
+        manifest_path = path / MANIFEST_NAME
+        manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+        onnx_path = path / ((manifest or {}).get("onnx", {}).get("file") or ONNX_NAME)
         if not onnx_path.is_file():
-            raise BadInputError(f"{path}: no {ONNX_NAME} in this folder (is it a segdeploy export folder?)")
-    elif path.is_file():
-        onnx_path = path
-    else:
+            raise BadInputError(f"{path}: no {onnx_path.name} in this folder (is it a segdeploy artifact folder?)")
+        return onnx_path, manifest
+    if not path.is_file():
         raise BadInputError(f"{path}: no such file or folder")
-    manifest_path = onnx_path.parent / MANIFEST_NAME
-    return onnx_path, (read_manifest(manifest_path) if manifest_path.is_file() else None)
+    manifest_path = path.parent / MANIFEST_NAME
+    manifest = read_manifest(manifest_path) if manifest_path.is_file() else None
+    if manifest is not None and manifest.get("onnx", {}).get("file", ONNX_NAME) != path.name:
+        manifest = None  # the folder's manifest is another file's
+    return path, manifest
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -20,13 +20,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def input_spec(height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, size_multiple: int = 1) -> dict:
-    """The manifest's ``input`` section: float32 NCHW RGB, ``(pixel / 255 - mean) / std``."""
+#: What an input's channels hold: colour images (RGB, BGR, GRAY) or tensors given as .npy files.
+COLORS = ("RGB", "BGR", "GRAY", "tensor")
+
+
+def input_spec(height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, size_multiple: int = 1,
+               color: str = "RGB") -> dict:  # fmt: skip
+    """The manifest's ``input`` section: float32 NCHW, ``(pixel * scale - mean) / std`` per channel.
+
+    ``color`` "tensor" is an input that is no picture (depth, multispectral bands): its samples
+    come as .npy files already normalised, and mean/std are empty.
+    """
+    if color not in COLORS:
+        raise ValueError(f"color {color!r}: expected one of {', '.join(COLORS)}")
     return {
         "name": "images",
         "dtype": "float32",
         "layout": "NCHW",
-        "color": "RGB",
+        "color": color,
+        "channels": len(mean) or None,
         "scale": 1.0 / 255.0,
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
@@ -66,10 +78,37 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
+def input_channels(spec: dict) -> int | None:
+    """The channel count the model's input takes (None: a tensor input of unrecorded width)."""
+    if spec.get("channels"):
+        return int(spec["channels"])
+    return {"RGB": 3, "BGR": 3, "GRAY": 1}.get(spec.get("color", "RGB"))
+
+
+def takes_pictures(spec: dict) -> bool:
+    """Whether the input is made from image files (else from .npy tensors)."""
+    return spec.get("color", "RGB") != "tensor"
+
+
+def to_model_colors(images: np.ndarray, spec: dict) -> np.ndarray:
+    """uint8 RGB pictures (..., 3) in the channel order the model takes: RGB, BGR or GRAY (..., 1)."""
+    color = spec.get("color", "RGB")
+    if color == "BGR":
+        return images[..., ::-1]
+    if color == "GRAY":  # ITU-R 601 luma, as PIL's "L" mode computes it
+        luma = images[..., 0] * 0.299 + images[..., 1] * 0.587 + images[..., 2] * 0.114
+        return np.clip(luma + 0.5, 0, 255).astype(np.uint8)[..., None]
+    if color == "tensor":
+        raise BadInputError(f"input {spec.get('name')!r} takes tensors (.npy), not pictures")
+    return images
+
+
 def normalize(images: np.ndarray, spec: dict) -> np.ndarray:
-    """uint8 RGB images (N, H, W, 3) or (H, W, 3) -> float32 NCHW as the manifest's ``input`` says."""
+    """uint8 RGB images (N, H, W, 3) or (H, W, 3) -> float32 NCHW as the manifest's ``input`` says
+    (channels reordered or reduced to grey first when the model takes BGR or GRAY)."""
     if images.ndim == 3:
         images = images[None]
+    images = to_model_colors(images, spec)
     x = images.astype(np.float32) * np.float32(spec["scale"])
     x -= np.asarray(spec["mean"], dtype=np.float32)
     x /= np.asarray(spec["std"], dtype=np.float32)

@@ -15,6 +15,42 @@ trt11, dynamic batch, 64x64) of the trained fixture.
 ``image_folders`` (session): ``calib`` and ``val`` folders of PNG images for calibration and
 evaluation: generated scenes (``val`` with ``masks/``), plus real photos from scikit-image in
 ``calib/photos`` and ``val_photos``.
+
+``foreign_models`` (session): ONNX files as users bring them (tests/foreign_models.py, which has
+the table): a read-only mapping name -> ``ForeignModel`` whose entries are built on first access,
+each with ``.path``, ``.input_name``, ``.dims`` (ints, names for dynamic axes), ``.channels``,
+``.color`` ("RGB", "GRAY", or "tensor" for .npy samples), ``.bands``, ``.mean``/``.std`` (per
+channel, on pixel * ``.scale`` = 1/255), ``.outputs`` (names, in order), ``.kind`` ("binary" or
+"multiclass"), ``.activation`` ("sigmoid" in the graph, or "none"), ``.classes`` (output channels),
+``.class_names``, ``.opset``, ``.dynamic``, ``.trained``, ``.metrics`` (held-out, percent),
+``.reference`` (fp16_cast: its float32 source), ``.model`` (the torch module it computes) and
+``.prepare(uint8 RGB scenes)`` -> its float32 NCHW input. Names: ``binary`` (Sigmoid head, opset 13,
+input ``input.1``, output ``mask``), ``binary_logits`` (same weights, raw logit, opset 17),
+``opset11`` (the trained fixture, fixed 1x3x64x64, ``input.1``), ``opset12`` (the trained fixture,
+dynamic, ``x``), ``u2net`` (outputs d0..d3, each a Sigmoid), ``gray`` (1 channel), ``bands4`` and
+``bands6`` (RGB + derived bands, tensor inputs), ``fp16_cast`` (smp U-Net, random weights, float16
+initializers behind Cast). Binary models segment foreground (any shape) vs background; the others
+the 6 scene classes. The trained networks (segdeploy.fixtures.variants) are cached in pytest's cache
+(``segdeploy-variants``) like ``trained_fixture``: trained once, roughly 5-15 s each on 2 free
+cores (1-3 min each on a busy shared machine). Held-out (32 scenes): binary IoU 89.4 %, u2net
+IoU (d0) 86.9 %, gray mIoU 61.3 %, bands4 mIoU 86.6 %, bands6 mIoU 87.5 %.
+``foreign_models.trained(name)`` gives a variant's ``TrainedVariant``, ``foreign_models.fixture()``
+the ``TrainedFixture``.
+
+``tensor_folders`` (session): data of the multi-band models, ``{"bands4": {...}, "bands6": {...}}``,
+each with ``calib`` (a folder: ``images/scene_NNNN.npy``, 16 samples, no masks), ``val`` (a folder:
+``images/scene_NNNN.npy`` and ``masks/scene_NNNN.png`` with class ids, 8 samples), ``calib_npz``
+(a file: ``calib_npz/calib.npz``, one array ``images`` (16, C, 64, 64)) and ``val_npz`` (a file:
+``val_npz/images/val.npz``, one array ``images`` (8, C, 64, 64), with ``val_npz/masks/`` beside
+``val_npz/images/`` in the batch's order). Every sample is normalised float32 (C, H, W), exactly
+``foreign_models[name].prepare`` of the scene. Scenes: calib seed 7, val seed 8 (the first of
+``image_folders``' scenes).
+
+``gray_folders`` (session): ``calib`` (``images/`` of 16 8-bit grey "L" PNGs) and ``val``
+(``images/`` and ``masks/``, 8) for the ``gray`` model; the same scenes as ``tensor_folders``.
+
+``binary_folders`` (session): ``val``: ``images/`` (RGB PNGs) and ``masks/`` with 0 = background,
+1 = foreground (any shape), 8 scenes (seed 8), for the binary and u2net models.
 """
 
 from __future__ import annotations
@@ -67,3 +103,53 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"built  {line}")
         for line in FAILED:
             terminalreporter.write_line(f"FAILED {line}")
+
+
+def _cache_dir(request, tmp_path_factory, name: str) -> Path:
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    return cache.mkdir(name) if cache else tmp_path_factory.mktemp(name)
+
+
+@pytest.fixture(scope="session")
+def foreign_models(request, tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from foreign_models import ForeignModels
+
+    from segdeploy.fixtures.train import train_fixture_model
+
+    fixture_cache = _cache_dir(request, tmp_path_factory, "segdeploy-fixture")  # trained_fixture's cache
+    loaded = []
+
+    def fixture():
+        if not loaded:
+            loaded.append(train_fixture_model(cache_dir=fixture_cache))
+        return loaded[0]
+
+    return ForeignModels(tmp_path_factory.mktemp("foreign_models"), _cache_dir(request, tmp_path_factory, "segdeploy-variants"), fixture)
+
+
+@pytest.fixture(scope="session")
+def tensor_folders(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    from foreign_models import write_tensor_folders
+
+    from segdeploy.fixtures.bands import BAND_SETS
+
+    root = tmp_path_factory.mktemp("tensors")
+    return {name: write_tensor_folders(root / name, BAND_SETS[name]) for name in ("bands4", "bands6")}
+
+
+@pytest.fixture(scope="session")
+def gray_folders(tmp_path_factory) -> dict[str, Path]:
+    from foreign_models import write_gray_folders
+
+    return write_gray_folders(tmp_path_factory.mktemp("gray"))
+
+
+@pytest.fixture(scope="session")
+def binary_folders(tmp_path_factory) -> dict[str, Path]:
+    from foreign_models import SIZE, VAL_SEED, write_binary_folder
+
+    from segdeploy.fixtures.scenes import generate_scenes
+
+    return {"val": write_binary_folder(tmp_path_factory.mktemp("binary") / "val", generate_scenes(8, SIZE, SIZE, seed=VAL_SEED))}

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segdeploy"
 #: The core modules the package root may hold; everything else lives in a subpackage.
 ROOT_MODULES = {
     "__init__", "__main__", "_native", "errors", "fileio", "optional", "manifest", "onnx_io", "preprocess",
-    "targets", "parity", "lint", "export", "infer", "visualize",
+    "targets", "parity", "lint", "export", "infer", "visualize", "outputs", "adopt", "convert",
 }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import pytest
 from cli import run_cli
 
 from segdeploy.fileio import sha256_file
-from segdeploy.parity import sample_images
+from segdeploy.parity import DEFAULT_MAX_ABS_DIFF, DEFAULT_RTOL, sample_images
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,8 @@ def test_deeplabv3plus_exports_with_dynamic_axes_and_passes_parity_at_two_shapes
     assert shapes[1]["shape"][2] != shapes[1]["shape"][3]
     for result in shapes:
         assert result["max_abs_diff"] <= 1e-3
+        assert result["outputs"]["logits"]["passed"] and result["output"] == "logits"
+    assert manifest["output"]["kind"] == "multiclass" and manifest["output"]["activation"] == "none"
 
 
 def test_torch_backend_rebuilds_the_exported_random_network(deeplab_export):
@@ -74,7 +76,7 @@ def test_parity_gate_on_a_model_whose_argmax_varies(colour_export):
     for result in manifest["parity"]["shapes"]:
         assert result["reference_classes_seen"] == 3  # the figure means something for this model
         assert result["argmax_agreement"] >= 0.9999 and result["max_abs_diff"] <= 1e-3
-    assert "argmax agreement" in proc.stdout and "ok" in proc.stdout
+    assert "label agreement" in proc.stdout and "ok" in proc.stdout
 
 
 def test_parity_gate_on_the_trained_fixture(trained_fixture, tmp_path):
@@ -103,17 +105,80 @@ def test_gate_catches_adaptive_pooling_that_exports_wrong_under_dynamic_shapes(t
     first, second = manifest["parity"]["shapes"]
     assert first["passed"] and not second["passed"] and not manifest["parity"]["passed"]
     assert "FAIL" in proc.stdout
+    # The relative term is no loophole: the mis-export is off by ~0.28 of the logits' scale
+    # (measured), thousands of times the default rtol, and its labels disagree too.
+    assert second["relative_diff"] > 1000 * DEFAULT_RTOL and second["argmax_agreement"] < 0.9
+    assert second["max_abs_diff"] > second["limit"] == pytest.approx(DEFAULT_MAX_ABS_DIFF + DEFAULT_RTOL * second["reference_max_abs"])
+
+
+def test_large_logits_pass_by_their_scale_and_the_manifest_records_it(tmp_path):
+    """Logits ~1e5 (deep random networks reach 1e4): float32 rounding alone exceeds an absolute
+    1e-3, so the limit is relative to the reference's scale; --rtol 0 makes it absolute again."""
+    args = ("export", "--model", "toy_models:large_logits_net", "--num-classes", "3", "--input-size", "64", "64")
+    proc = run_cli(*args, "-o", tmp_path / "large", "--json")
+    assert proc.returncode == 0, proc.stderr
+    parity = json.loads(proc.stdout)["parity"]
+    assert parity["thresholds"]["rtol"] == DEFAULT_RTOL
+    shapes = parity["shapes"]
+    assert max(r["max_abs_diff"] for r in shapes) > DEFAULT_MAX_ABS_DIFF  # the premise: rounding alone exceeds it
+    for r in shapes:
+        assert r["reference_max_abs"] > 1e4 and r["relative_diff"] == pytest.approx(r["max_abs_diff"] / r["reference_max_abs"])
+        assert r["relative_diff"] < DEFAULT_RTOL and r["max_abs_diff"] <= r["limit"]
+        assert r["outputs"]["logits"]["relative_diff"] == r["relative_diff"]
+
+    absolute = run_cli(*args, "--rtol", "0", "-o", tmp_path / "absolute")
+    assert absolute.returncode == 1 and "Traceback" not in absolute.stderr
+    assert "of max |reference|" in absolute.stderr and "(limit 0.001)" in absolute.stderr
+
+
+def test_a_mis_exported_side_output_fails_the_gate_by_name(tmp_path):
+    import jsonschema
+    from cli import REPO_ROOT
+
+    out = tmp_path / "side"
+    proc = run_cli("export", "--model", "toy_models:side_output_net", "--num-classes", "3", "--input-size", "64", "64", "-o", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "output 'context'" in proc.stderr and "Traceback" not in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    jsonschema.validate(manifest, json.loads((REPO_ROOT / "segdeploy" / "schemas" / "manifest.schema.json").read_text()))
+    assert manifest["output"]["name"] == "logits" and manifest["output"]["all"] == ["logits", "context"]
+    first, second = manifest["parity"]["shapes"]
+    # The prediction output is exact at both shapes; only the side output is wrong, at the second.
+    assert first["passed"] and all(o["passed"] for o in first["outputs"].values())
+    assert second["outputs"]["logits"]["passed"] and not second["outputs"]["context"]["passed"]
+    assert not second["passed"] and not manifest["parity"]["passed"]
+    assert second["outputs"]["context"]["argmax_agreement"] is None  # side outputs: tolerance only
+    assert "FAIL shape 2x3x48x80 context" in proc.stdout
+
+
+def test_a_binary_head_is_gated_on_its_thresholded_labels(tmp_path):
+    """One channel: argmax is always 0, so a mis-export that flips foreground pixels (here by less
+    than any tolerance: the logits are tiny) is seen only by thresholding, as the head reads them."""
+    out = tmp_path / "binary"
+    proc = run_cli("export", "--model", "toy_models:faint_binary_net", "--num-classes", "1", "--input-size", "64", "64", "-o", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "label agreement" in proc.stderr and "Traceback" not in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    head = {k: manifest["output"][k] for k in ("kind", "activation", "threshold")}
+    assert head == {"kind": "binary", "activation": "none", "threshold": 0.0}
+    first, second = manifest["parity"]["shapes"]
+    assert first["passed"] and first["reference_classes_seen"] == 2
+    assert second["max_abs_diff"] <= DEFAULT_MAX_ABS_DIFF and second["argmax_agreement"] < 0.99 and not second["passed"]
 
 
 def test_thresholds_are_configurable(tmp_path):
+    from cli import assert_clean_error
+
     # FP32 kernels of two frameworks differ by ~1e-7: a zero tolerance must fail the gate.
     proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32",
-                   "--max-abs-diff", "0", "-o", tmp_path / "strict")
+                   "--max-abs-diff", "0", "--rtol", "0", "-o", tmp_path / "strict")
     if proc.returncode == 0:  # bit-identical outputs are possible on a tiny model; the limit was still applied
         manifest = json.loads((tmp_path / "strict" / "manifest.json").read_text())
         assert all(s["max_abs_diff"] == 0.0 for s in manifest["parity"]["shapes"])
     else:
         assert proc.returncode == 1 and "limit 0" in proc.stderr
+    proc = run_cli("export", "--model", "toy_models:colour_net", "--rtol", "-1", "-o", tmp_path / "x")
+    assert_clean_error(proc, 2, "--rtol")
 
 
 def test_opset_17_uses_the_torchscript_exporter(tmp_path):
@@ -184,3 +249,19 @@ def test_unknown_crf_parameter_is_bad_input(tmp_path):
     proc = run_cli("export", "--model", "toy_models:colour_net", "--num-classes", "3", "--input-size", "32", "32",
                    "--crf", "--crf-param", "theta=3", "-o", tmp_path / "x")
     assert_clean_error(proc, 2, "unknown CRF parameter(s) theta")
+
+
+def test_the_limit_scales_with_the_whole_reference_and_missing_outputs_fail_by_name():
+    from segdeploy.parity import Thresholds, compare_all_outputs
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    logits[0, 0, 0, 0] = 1e4  # one large value sets the scale for every element, zero crossings included
+    near_zero = np.abs(logits).argmin()
+    nudged = logits.copy()
+    nudged.flat[near_zero] += 0.05  # within 1e-3 + 1e-5 * 1e4 = 0.101
+    result = compare_all_outputs({"logits": logits, "aux": logits}, {"logits": nudged}, Thresholds(), (1, 3, 8, 8), "logits")
+    logits_result, aux_result = result.outputs
+    assert logits_result.passed and logits_result.limit == pytest.approx(0.101)
+    assert not aux_result.passed and not result.passed and result.failed_output.output == "aux"
+    assert "missing" in result.failed_output.describe()

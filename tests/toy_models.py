@@ -48,6 +48,46 @@ class AdaptivePoolNet(ColourNet):
         return F.interpolate(features + context, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class LargeLogitsNet(ColourNet):
+    """ColourNet with logits scaled by 1e4 (as deep random networks reach): float32 rounding of
+    logits ~1e5 (one ulp is ~8e-3) already exceeds an absolute 1e-3 tolerance."""
+
+    def forward(self, images):
+        return 1e4 * super().forward(images)
+
+
+class SideOutputNet(ColourNet):
+    """Two outputs: exact logits, and a side output (context, as an auxiliary head) through the
+    adaptive pooling that exports wrong at shapes other than the example's."""
+
+    output_names = ("logits", "context")
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__(num_classes)
+        self.pool = nn.AdaptiveAvgPool2d((2, 2))
+
+    def forward(self, images):
+        logits = super().forward(images)
+        context = F.interpolate(self.pool(logits), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, context
+
+
+class FaintBinaryNet(ColourNet):
+    """One output channel (a binary logit) of tiny scale, foreground where red exceeds its
+    pooled local mean: the adaptive pooling's mis-export at other shapes moves the logits by
+    far less than any tolerance, but flips the sign, so the foreground, at many pixels; and the
+    argmax of one channel is always 0."""
+
+    def __init__(self, num_classes: int = 1):
+        super().__init__(1)
+        self.pool = nn.AdaptiveAvgPool2d((2, 2))
+
+    def forward(self, images):
+        red = self.head(self.down(images))
+        local_mean = F.interpolate(self.pool(red), size=red.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(1e-5 * (red - local_mean), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class UnexportableNet(ColourNet):
     """Branches on the data: torch.export cannot trace it into one graph."""
 
@@ -66,3 +106,15 @@ def adaptive_pool_net(num_classes: int = 3) -> nn.Module:
 
 def unexportable_net(num_classes: int = 3) -> nn.Module:
     return UnexportableNet(num_classes)
+
+
+def large_logits_net(num_classes: int = 3) -> nn.Module:
+    return LargeLogitsNet(num_classes)
+
+
+def side_output_net(num_classes: int = 3) -> nn.Module:
+    return SideOutputNet(num_classes)
+
+
+def faint_binary_net(num_classes: int = 1) -> nn.Module:
+    return FaintBinaryNet(num_classes)

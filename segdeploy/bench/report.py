@@ -76,6 +76,10 @@ def print_table(report: dict) -> None:
     if jetson:
         console.print(f"Jetson {jetson.get('l4t')} · power mode {jetson.get('power_mode')}"
                       + (f" · [red]THROTTLED[/red] ({', '.join(jetson['throttled'])})" if jetson.get("throttled") else ""))
+    for artifact, prediction in (report.get("predictions") or {}).items():
+        side = prediction.get("side_outputs") or []
+        console.print(f"{Path(artifact).name}: prediction output {prediction['output']!r} ({prediction['reading']})"
+                      + (f"; side outputs {', '.join(side)} are computed and timed with it" if side else ""))
     console.print("[dim]model figures exclude pre/post-processing (CPU), timed apart: "
                   + "; ".join(f"{stage}: {p['what']}" for stage, p in report["processing"].items()) + "[/dim]")
 

@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,36 +18,84 @@ import numpy as np
 
 from .. import __version__
 from ..crf import CRFParams, dense_crf
-from ..errors import SegdeployError
-from ..manifest import resolve_artifact, utc_timestamp
-from ..parity import sample_pictures
-from ..preprocess import input_spec, normalize, resize
+from ..errors import BadInputError, SegdeployError
+from ..manifest import utc_timestamp
+from ..outputs import Head
+from ..parity import sample_pictures, sample_tensors
+from ..preprocess import input_channels, input_spec, normalize, resize, takes_pictures
 from .jetson import board_state
 from .timing import BenchSettings, latency_stats, timed_runs, warm_up
+from .worker import bench_input, graph_input_dims
 
 BENCH_SCHEMA = "segdeploy.bench/1"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "bench.schema.json"
 
 
-def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 1280), crf: bool = False) -> dict:
-    """Pre-processing (resize a camera frame + normalise) and post-processing (argmax to labels,
-    optionally the dense CRF), on the CPU."""
+def settle_settings(artifacts: list[str], settings: BenchSettings, options=None, batches_given: bool = True,
+                    size_given: bool = True) -> BenchSettings:
+    """``settings`` checked against every artifact's input: a fixed batch, height or width of a graph must be
+    the one timed. Without ``--batch`` a graph's fixed batch is taken; without ``--input-size`` its fixed size."""
+    for artifact in artifacts:
+        onnx_path, manifest, _ = bench_input(artifact, options)
+        dims = graph_input_dims(onnx_path, manifest)
+        name = manifest["input"].get("name")
+        batch = dims[0]
+        if batch is not None and set(settings.batches) != {batch}:
+            if batches_given:
+                raise BadInputError(f"{artifact}: input {name!r} has a fixed batch size of {batch}; --batch "
+                                    f"{','.join(map(str, settings.batches))} cannot be fed to it (give --batch {batch}, "
+                                    "or export the model with a dynamic batch)")
+            settings = replace(settings, batches=(batch,))
+        fixed = (dims[2], dims[3])
+        if None not in fixed and fixed != (settings.height, settings.width):
+            if size_given:
+                raise BadInputError(f"{artifact}: input {name!r} is fixed at {fixed[0]}x{fixed[1]}; --input-size "
+                                    f"{settings.height} {settings.width} cannot be fed to it")
+            settings = replace(settings, height=fixed[0], width=fixed[1])
+    return settings
+
+
+def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 1280), crf: bool = False,
+                     manifest: dict | None = None) -> dict:
+    """Pre-processing (resize a camera frame + normalise, as the model's input takes it) and
+    post-processing (labels as the prediction output's head reads them: argmax over classes, or one
+    channel thresholded; optionally the dense CRF), on the CPU."""
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, size=(*source_hw, 3), dtype=np.uint8)
-    spec_in = input_spec(height, width)
-    logits = rng.standard_normal((1, num_classes, height, width), dtype=np.float32)
-    pre = lambda: normalize(resize(frame, height, width), spec_in)  # noqa: E731
-    post = lambda: logits.argmax(axis=1).astype(np.uint8)  # noqa: E731
+    spec_in = (manifest or {}).get("input") or input_spec(height, width)
+    head = Head.from_manifest(manifest)
+    channels = input_channels(spec_in) or 3
+    if takes_pictures(spec_in):
+        frame = rng.integers(0, 256, size=(*source_hw, 3), dtype=np.uint8)
+        pre = lambda: normalize(resize(frame, height, width), spec_in)  # noqa: E731
+        pre_what = (f"resize {source_hw[0]}x{source_hw[1]} uint8 -> normalised float32 NCHW"
+                    + (f" ({spec_in.get('color')})" if spec_in.get("color", "RGB") != "RGB" else ""))
+    else:
+        sample = sample_tensors((1, channels, height, width))
+        pre = lambda: np.ascontiguousarray(sample, dtype=np.float32).copy()  # noqa: E731
+        pre_what = f"tensor input ({channels} channels) fed as given: a float32 (1, {channels}, H, W) copy, no resize"
+    score_channels = 1 if head.kind == "binary" else num_classes
+    scores = rng.standard_normal((1, score_channels, height, width), dtype=np.float32)
+    if head.activation == "sigmoid":
+        scores = 1.0 / (1.0 + np.exp(-scores))
+    post = lambda: head.labels(scores).astype(np.uint8)  # noqa: E731
+    if head.kind == "binary":
+        post_what = f"binary: one channel > {head.threshold:g} -> uint8 labels"
+    else:
+        post_what = f"argmax over {num_classes} classes -> uint8 labels"
     warm_up(pre, 1)
     warm_up(post, 1)
     stages = {
-        "preprocess": {"what": f"resize {source_hw[0]}x{source_hw[1]} uint8 -> normalised float32 NCHW",
-                       **latency_stats(timed_runs(pre, 10), 1)},
-        "postprocess": {"what": "argmax over classes -> uint8 labels", **latency_stats(timed_runs(post, 10), 1)},
+        "preprocess": {"what": pre_what, **latency_stats(timed_runs(pre, 10), 1)},
+        "postprocess": {"what": post_what, **latency_stats(timed_runs(post, 10), 1)},
     }
     if crf:
         picture = sample_pictures((1, 3, height, width))
-        refine = lambda: dense_crf(logits, picture, output="labels")  # noqa: E731
+        if head.kind == "binary":  # two-class probabilities [1 - p, p]
+            p = head.probabilities(scores)
+            unary, kind = np.concatenate([1.0 - p, p], axis=1), "probabilities"
+        else:
+            unary, kind = scores, ("probabilities" if head.activation == "softmax" else "logits")
+        refine = lambda: dense_crf(unary, picture, output="labels", unary_kind=kind)  # noqa: E731
         warm_up(refine, 1)
         params = CRFParams()
         stages["crf"] = {"what": f"dense CRF on the CPU ({params.iterations} iterations, DeepLab v2 parameters)",
@@ -55,14 +103,18 @@ def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 
     return stages
 
 
-def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings, progress=lambda message: None) -> dict:
-    """Benchmark every (artifact, backend) in its own subprocess; return the ``segdeploy.bench/1`` document."""
-    manifests = [resolve_artifact(a)[1] for a in artifacts]  # a bad path fails here, before any subprocess
+def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings, progress=lambda message: None,
+              options=None) -> dict:
+    """Benchmark every (artifact, backend) in its own subprocess; return the ``segdeploy.bench/1`` document.
+
+    ``options`` (``adopt.ModelOptions``) complete what a bare ONNX file's graph cannot say.
+    """
+    manifests = [bench_input(a, options)[1] for a in artifacts]  # a bad path fails here, before any subprocess
     results = []
     for artifact in artifacts:
         for backend in backends:
             progress(f"benchmarking {Path(artifact).name} on {backend}")
-            results.extend(_bench_in_subprocess(backend, artifact, settings))
+            results.extend(_bench_in_subprocess(backend, artifact, settings, options))
     baseline = {r["batch"]: r["median_ms"] for r in reversed(results)}  # the first row of each batch size
     for r in results:
         r["speedup_vs_first"] = baseline[r["batch"]] / r["median_ms"] if r["median_ms"] else float("inf")
@@ -71,13 +123,24 @@ def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings
         "created": utc_timestamp(),
         "artifacts": [str(a) for a in artifacts],
         "models": [(m or {}).get("model", {}).get("name") for m in manifests],
+        "predictions": {str(a): _prediction_of(m) for a, m in zip(artifacts, manifests)},
         "accuracy": {str(a): _accuracy_of(m) for a, m in zip(artifacts, manifests)},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "machine": _machine(),
         "jetson": board_state(Path(settings.jetson_root)),
         "results": results,
-        "processing": bench_processing(settings.height, settings.width, results[0]["num_classes"], crf=settings.crf),
+        "processing": bench_processing(settings.height, settings.width, results[0]["num_classes"], crf=settings.crf,
+                                       manifest=manifests[0]),
     }
+
+
+def _prediction_of(manifest: dict) -> dict:
+    """Which output is the prediction and how it is read; the other outputs are timed with it."""
+    output = manifest.get("output") or {}
+    head = Head.from_manifest(manifest)
+    return {"output": output.get("name"), "kind": head.kind, "reading": head.describe(),
+            "side_outputs": [o for o in output.get("all") or [] if o != output.get("name")],
+            "normalisation_known": manifest["input"].get("normalisation_known", True)}
 
 
 def _accuracy_of(manifest: dict | None) -> float | None:
@@ -93,8 +156,9 @@ def _accuracy_of(manifest: dict | None) -> float | None:
     return min(s["argmax_agreement"] for s in shapes) if shapes else None
 
 
-def _bench_in_subprocess(backend: str, artifact: str, settings: BenchSettings) -> list[dict]:
-    request = json.dumps({"backend": backend, "artifact": str(artifact), "settings": asdict(settings)})
+def _bench_in_subprocess(backend: str, artifact: str, settings: BenchSettings, options=None) -> list[dict]:
+    request = json.dumps({"backend": backend, "artifact": str(artifact), "settings": asdict(settings),
+                          "options": asdict(options) if options is not None else None})
     proc = subprocess.run([sys.executable, "-m", "segdeploy.bench", request], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]

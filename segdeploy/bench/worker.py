@@ -15,38 +15,70 @@ from pathlib import Path
 import numpy as np
 
 from ..backend.base import make_runner
-from ..errors import SegdeployError
-from ..manifest import resolve_artifact
+from ..errors import BadInputError, SegdeployError
+from ..outputs import Head
 from ..parity import sample_feed
-from ..preprocess import input_spec
+from ..preprocess import input_channels
 from .jetson import PowerSampler, input_rail
 from .timing import BenchSettings, latency_stats, peak_rss_mb, timed_runs, warm_up
 
 
-def bench_backend(backend: str, artifact: str, settings: BenchSettings) -> list[dict]:
-    """Load ``artifact`` on ``backend`` once and time it at each batch size (in this process)."""
-    onnx_path, manifest = resolve_artifact(artifact)
-    spec_in = manifest["input"] if manifest else input_spec(settings.height, settings.width)
+def bench_input(artifact, options=None) -> tuple[Path, dict, int]:
+    """(ONNX path, manifest, input channel count) of an artifact folder or a bare ONNX file.
+
+    A bare file is described from its graph (``adopt.describe_onnx``): its own input name, channel
+    count and output reading. Normalisation does not change timings, so it need not be known.
+    """
+    from ..adopt import ModelOptions, artifact_manifest
+
+    onnx_path, manifest, _ = artifact_manifest(artifact, options or ModelOptions(), need_normalisation=False)
+    channels = input_channels(manifest["input"]) or (graph_input_dims(onnx_path, manifest)[1] or 3)
+    return onnx_path, manifest, int(channels)
+
+
+def graph_input_dims(onnx_path, manifest: dict) -> list:
+    """The image input's dims in the graph: int where fixed, None where dynamic."""
+    from ..onnx_io import image_input, load_onnx, static_dims
+
+    model = load_onnx(onnx_path, load_external_data=False)
+    found = image_input(model, manifest["input"].get("name"))
+    if found is None:
+        raise BadInputError(f"{onnx_path}: no float32 NCHW image input")
+    return static_dims(found)
+
+
+def bench_backend(backend: str, artifact: str, settings: BenchSettings, options=None) -> list[dict]:
+    """Load ``artifact`` on ``backend`` once and time it at each batch size (in this process).
+
+    A bare ONNX file is fed as its graph says (input name, channel count; ``describe_onnx``); the
+    prediction output is read by its head (threshold or argmax), the others are timed with it.
+    """
+    onnx_path, manifest, channels = bench_input(artifact, options)
+    head = Head.from_manifest(manifest)
     jetson_root = Path(settings.jetson_root)
     rows = []
     started = time.perf_counter()
     with make_runner(backend, onnx_path, manifest, threads=settings.threads) as runner:
         load_s = time.perf_counter() - started
         for batch in settings.batches:
-            feed = sample_feed((batch, 3, settings.height, settings.width), manifest or {"input": spec_in})
+            feed = sample_feed((batch, channels, settings.height, settings.width), manifest)
             infer = functools.partial(runner.infer, feed)
-            first_output = next(iter(infer().values()))
+            outputs = infer()
+            prediction = manifest["output"]["name"] if manifest["output"]["name"] in outputs else next(iter(outputs))
             warmup_runs = warm_up(infer, settings.warmup)
             with PowerSampler(jetson_root) as power:
                 times = timed_runs(infer, settings.iterations, settings.seconds)
             row = {
                 "artifact": str(artifact),
-                "precision": (manifest or {}).get("onnx", {}).get("precision", "fp32"),
+                "precision": manifest.get("onnx", {}).get("precision", "fp32"),
                 "backend": backend,
                 "batch": batch,
                 "load_s": load_s,
                 "warmup_runs": warmup_runs,
-                "num_classes": int(first_output.shape[1]),
+                "num_classes": head.num_classes or int(outputs[prediction].shape[1]),
+                "prediction": prediction,
+                "kind": head.kind,
+                "outputs": list(outputs),
                 **latency_stats(times, batch),
                 "samples_ms": times,
                 "gpu": None,
@@ -71,13 +103,22 @@ def _power_summary(sampler, median_ms: float, batch: int) -> dict | None:
             "energy_mj_per_frame": total_mw * median_ms / batch / 1e3, "samples": len(sampler.samples)}
 
 
+def options_from_json(data: dict | None):
+    """The ``ModelOptions`` a request carries (JSON lists back to tuples)."""
+    from ..adopt import ModelOptions
+
+    data = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (data or {}).items()}
+    return ModelOptions(**data)
+
+
 def main(request_json: str) -> None:
     """Benchmark the request's backend and artifact; print the rows as one JSON line (exit code of a SegdeployError on failure)."""
     request = json.loads(request_json)
     settings = request["settings"]
     settings["batches"] = tuple(settings["batches"])
     try:
-        rows = bench_backend(request["backend"], request["artifact"], BenchSettings(**settings))
+        rows = bench_backend(request["backend"], request["artifact"], BenchSettings(**settings),
+                             options_from_json(request.get("options")))
     except SegdeployError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -17,6 +17,7 @@ from ..errors import SegdeployError
 # name -> "module:attribute" of its click command, relative to this package.
 COMMANDS = {
     "models": ".models:models",
+    "adopt": ".adopt:adopt",
     "export": ".export:export",
     "bench": ".bench:bench",
     "inspect": ".inspect:inspect_cmd",

@@ -4,11 +4,10 @@ import click
 
 from ..backend.base import BACKENDS
 from ..bench.report import compare_rows, load_report, print_compare, print_table, write_plots
-from ..bench.run import run_bench
+from ..bench.run import bench_input, graph_input_dims, run_bench, settle_settings
 from ..bench.timing import BenchSettings
 from ..fileio import write_json
-from ..manifest import resolve_artifact
-from .common import echo_json, json_option, progress_status
+from .common import echo_json, json_option, model_options, model_options_from, progress_status
 
 
 def _backend_list(ctx, param, value: str) -> list[str]:
@@ -19,7 +18,9 @@ def _backend_list(ctx, param, value: str) -> list[str]:
     return names
 
 
-def _batch_list(ctx, param, value: str) -> tuple[int, ...]:
+def _batch_list(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         batches = tuple(int(v) for v in value.split(","))
     except ValueError:
@@ -41,9 +42,10 @@ def _warmup(ctx, param, value: str) -> int | None:
 @click.argument("artifacts", nargs=-1, type=click.Path())
 @click.option("--backends", default="ort", show_default=True, callback=_backend_list,
               help="Comma-separated backends: ort, ort-cuda, torch, torch-cuda, torch-cuda-fp16, torch-cuda-graph.")
-@click.option("--batch", "batches", default="1", show_default=True, callback=_batch_list,
-              help="Batch size, or several for a throughput sweep (1,2,4,8).")
-@click.option("--input-size", nargs=2, type=click.IntRange(1), metavar="H W", help="Input shape. Default: the manifest's export shape.")
+@click.option("--batch", "batches", callback=_batch_list,
+              help="Batch size, or several for a throughput sweep (1,2,4,8).  [default: the graph's fixed batch, else 1]")
+@click.option("--input-size", nargs=2, type=click.IntRange(1), metavar="H W",
+              help="Input shape. Default: the manifest's export shape, else the graph's fixed size.")
 @click.option("--warmup", default="3", show_default=True, callback=_warmup,
               help="Untimed runs first, or 'auto': until two rounds' median latencies agree within 5%.")
 @click.option("--iterations", type=click.IntRange(1), default=20, show_default=True, help="Timed runs per backend and batch.")
@@ -56,12 +58,15 @@ def _warmup(ctx, param, value: str) -> int | None:
 @click.option("--crf", is_flag=True, help="Also time the dense CRF as a post-processing step (CPU kernel).")
 @click.option("--jetson-root", default="/", hidden=True, help="Root of the sysfs tree read for Jetson power rails.")
 @json_option
+@lambda command: model_options(command, skip=("size", "classes_file"))
 def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, output, plots, compare,
-          crf, jetson_root, as_json):
+          crf, jetson_root, as_json, **model_params):
     """Latency, throughput and peak memory of ARTIFACTS on several backends, side by side.
 
     Each ARTIFACT is an export folder (model.onnx + manifest.json) or an ONNX file; give
-    several (FP32, FP16, INT8) to compare precisions. Every artifact/backend pair runs in its
+    several (FP32, FP16, INT8) to compare precisions. A bare ONNX file of your own is fed as
+    its graph says (input name, channels, fixed batch and size); its first output is read as
+    the prediction (argmax, or a threshold for one channel), the others are timed with it. Every artifact/backend pair runs in its
     own process on the same inputs. The model figures exclude pre- and post-processing,
     which are timed apart. Ratios are of medians measured in this one run. On a GPU, the
     torch-cuda backends also report GPU time (CUDA events) and peak GPU memory; on a Jetson,
@@ -83,7 +88,9 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
         return
     if not artifacts:
         raise click.UsageError("give at least one ARTIFACT (an export folder or an ONNX file)")
-    report = _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, as_json)
+    options = model_options_from(model_params)
+    report = _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, as_json,
+                  options)
     if output:
         write_json(output, report)
     written = write_plots(report, plots) if plots else []
@@ -95,15 +102,19 @@ def bench(artifacts, backends, batches, input_size, warmup, iterations, seconds,
         click.echo(f"wrote {path}")
 
 
-def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, quiet):
-    _, manifest = resolve_artifact(artifacts[0])
+def _run(artifacts, backends, batches, input_size, warmup, iterations, seconds, threads, crf, jetson_root, quiet, options):
+    onnx_path, manifest, _ = bench_input(artifacts[0], options)
     if input_size:
         height, width = input_size
-    elif manifest:
+    elif None not in (manifest["input"].get("size") or [None]):
         height, width = manifest["input"]["size"]
     else:
-        raise click.UsageError(f"{artifacts[0]} has no manifest: give --input-size H W")
-    settings = BenchSettings(batches=batches, height=height, width=width, warmup=warmup, iterations=iterations,
+        dims = graph_input_dims(onnx_path, manifest)
+        raise click.UsageError(f"{artifacts[0]}: input {manifest['input'].get('name')!r} has dynamic dimensions "
+                               f"{['?' if d is None else d for d in dims]}: give --input-size H W")
+    settings = BenchSettings(batches=batches or (1,), height=height, width=width, warmup=warmup, iterations=iterations,
                              seconds=seconds, threads=threads, jetson_root=jetson_root, crf=crf)
+    settings = settle_settings(list(artifacts), settings, options, batches_given=batches is not None,
+                               size_given=bool(input_size))
     with progress_status(not quiet) as progress:
-        return run_bench(list(artifacts), backends, settings, progress=progress)
+        return run_bench(list(artifacts), backends, settings, progress=progress, options=options)

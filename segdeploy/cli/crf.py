@@ -33,6 +33,25 @@ def _load_logits(path: Path) -> np.ndarray:
     return logits
 
 
+def _two_class(scores: np.ndarray, unary_kind: str) -> np.ndarray:
+    """A one-channel binary output (1, H, W) as two-class probabilities [1 - p, p] (2, H, W).
+
+    ``p`` is the sigmoid of a logit, a probability as given, or exp(-x) of a -log p.
+    """
+    x = scores[0].astype(np.float64)
+    if unary_kind == "logits":
+        p = 1.0 / (1.0 + np.exp(-x))
+    elif unary_kind == "probabilities":
+        if x.min() < 0 or x.max() > 1:
+            raise BadInputError(f"--unary-kind probabilities: the one-channel scores range over [{x.min():.3g}, "
+                                f"{x.max():.3g}], not [0, 1]; give --unary-kind logits for raw scores")
+        p = x
+    else:
+        p = np.exp(-x)
+    p = np.clip(p, 0.0, 1.0)
+    return np.stack([1.0 - p, p]).astype(np.float32)
+
+
 def _save_png(image, path: Path) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
@@ -40,7 +59,8 @@ def _save_png(image, path: Path) -> None:
 
 @click.command("crf")
 @click.option("--logits", "logits_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Network output, .npy of shape (C, H, W) or (1, C, H, W).")
+              help="Network output, .npy of shape (C, H, W) or (1, C, H, W); one channel (C = 1) is a binary "
+                   "output, refined as two classes [1-p, p].")
 @click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The RGB image the logits belong to (same H x W).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -88,12 +108,15 @@ def crf(logits_path: Path, image_path: Path, out_path: Path | None, overlay_path
         )
     if logits.shape[0] > 256:
         raise BadInputError(f"a PNG palette mask holds at most 256 classes, the logits have {logits.shape[0]}")
+    binary = logits.shape[0] == 1
+    if binary:  # one channel (a binary head): two-class probabilities [1 - p, p]
+        logits, unary_kind = _two_class(logits, unary_kind), "probabilities"
     params = CRFParams(spatial_weight, spatial_theta, bilateral_weight, bilateral_theta_xy, bilateral_theta_rgb,
                        iterations, normalization)
     started = time.perf_counter()
     probabilities, labels = dense_crf(logits, image, params, unary_kind=unary_kind, num_threads=threads)
     elapsed = time.perf_counter() - started
-    before = logits.argmax(0) if unary_kind != "neg_log_prob" else logits.argmin(0)
+    before = logits.argmax(0) if unary_kind != "neg_log_prob" else logits.argmin(0)  # binary: p > 0.5
     changed = float((before != labels).mean())
 
     out_path = out_path or Path(f"{image_path.stem}_crf_mask.png")
@@ -107,10 +130,12 @@ def crf(logits_path: Path, image_path: Path, out_path: Path | None, overlay_path
                 np.save(f, probabilities)
         written.append(probabilities_out)
     if as_json:
-        echo_json({"seconds": elapsed, "changed_fraction": changed, "written": [str(p) for p in written]})
+        echo_json({"seconds": elapsed, "changed_fraction": changed, "classes": int(logits.shape[0]), "binary": binary,
+                   "written": [str(p) for p in written]})
         return
     click.echo(
-        f"refined {logits.shape[0]}-class {logits.shape[2]}x{logits.shape[1]} scores in {elapsed:.2f} s "
+        ("binary (one channel read as probabilities [1-p, p]): " if binary else "")
+        + f"refined {logits.shape[0]}-class {logits.shape[2]}x{logits.shape[1]} scores in {elapsed:.2f} s "
         f"({iterations} iterations); {changed:.1%} of the pixels changed label"
     )
     for path in written:

@@ -12,7 +12,7 @@ from ..evaluation.datasets import open_dataset
 from ..evaluation.evaluate import CRFSettings, artifact_labels, evaluate
 from ..evaluation.report import SampleWriter, print_tables, write_confusion_pngs
 from ..fileio import write_json
-from .common import echo_json, json_option, parse_key_values
+from .common import echo_json, json_option, model_options, model_options_from, parse_key_values
 
 
 def _crf_settings(crf: bool, crf_at: str, crf_params: tuple[str, ...], crf_threads: int):
@@ -65,9 +65,10 @@ def _check_kernels() -> None:
 @click.option("--save-predictions", is_flag=True, help="Also write every prediction as a palette PNG of class indices.")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="eval", show_default=True,
               help="Folder for eval.json, confusion.png, overlays/ (and predictions/).")
+@model_options
 @json_option
 def eval_cmd(artifacts, data, layout, split, images_dir, masks_dir, backend, compare, input_size, threads, limit, crf,
-             crf_at, crf_params, crf_threads, overlays, save_predictions, out_dir, as_json):
+             crf_at, crf_params, crf_threads, overlays, save_predictions, out_dir, as_json, **params):
     """Score ARTIFACT on a labelled data set: mIoU, per-class IoU, pixel accuracy, confusion matrix.
 
     The data set is a Pascal VOC folder (JPEGImages + SegmentationClass palette PNGs, split lists
@@ -76,6 +77,20 @@ def eval_cmd(artifacts, data, layout, split, images_dir, masks_dir, backend, com
     are made as `segdeploy infer` makes them. Several ARTIFACTs (or --compare) run on the same
     images: the table gives each one's mIoU change in points and the share of pixels it labels
     as the first one does -- an FP32 / FP16 / INT8 / engine parity table.
+
+    An ARTIFACT may be any ONNX file: the model options (--mean, --std, --output, ...) describe
+    every ARTIFACT that has no manifest.json, and override the manifest of those that have one.
+    A dynamic graph with no recorded size runs at each image's own size.
+
+    
+    One-channel (binary) models: also foreground IoU, precision, recall,
+    F-beta with beta^2 = 0.3 (the salient-object convention), F1, and the MAE
+    of the probability map against the 0/1 truth. A mask with values 0/1
+    (and 255) holding a 1 is read as class ids (1 foreground, 255 ignored);
+    any other mask (0/255 saliency style, grey) is foreground where >= 128.
+
+    Models with a tensor input (depth, multispectral bands) take --images DIR
+    of .npy files, one (C, H, W) array each, already normalised.
 
     \b
     Examples:
@@ -100,7 +115,8 @@ def eval_cmd(artifacts, data, layout, split, images_dir, masks_dir, backend, com
             bar.update(1)
 
         evaluation = evaluate(artifacts, dataset, backends, size=input_size, crf=crf_settings,
-                              runner_options={"threads": threads} if threads else None, on_sample=on_sample)
+                              runner_options={"threads": threads} if threads else None, on_sample=on_sample,
+                              options=model_options_from(params))
     report = evaluation.report(limit=limit)
     confusion_files, note = write_confusion_pngs(evaluation, out)
     if note:

@@ -10,6 +10,12 @@
   train ids) are used where the labelIds file is absent.
 * **folders**: ``images/`` and ``masks/`` with the same relative names (masks ``.png`` or ``.bmp``,
   pixel values = class ids, 255 = ignore), or any two folders given as ``images`` and ``masks``.
+  For models with a "tensor" input the images are ``.npy`` files, one (C, H, W) array each,
+  already normalised (a folder holding both pictures and .npy files is refused).
+
+Masks for one-channel (binary) models (:func:`binary_truth`), decided per mask: a mask whose values
+are 0, 1 and maybe 255 with a 1 present holds class ids (1 foreground, 255 ignored); any other mask
+is 8-bit grey, saliency style (0/255, anti-aliased edges allowed): foreground where >= 128.
 
 Every mask must exist and have its image's size: evaluation never guesses (a mask resized to a
 different image would score nonsense), it stops with a :class:`BadInputError` naming the file.
@@ -65,6 +71,11 @@ class Sample:
     #: Mask values are Cityscapes label ids that must go through :func:`cityscapes_label_map`.
     cityscapes_ids: bool = False
 
+    @property
+    def is_tensor(self) -> bool:
+        """The sample is a .npy tensor (C, H, W), not a picture."""
+        return self.image.suffix.lower() == ".npy"
+
 
 @dataclass
 class Dataset:
@@ -86,22 +97,42 @@ class Dataset:
         return Dataset(self.layout, self.root, self.samples[:limit], self.split, self.classes, list(self.notes))
 
     def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 RGB image (H, W, 3), class ids (H, W) with 255 = ignore) of one sample."""
-        rgb = load_image(sample.image)
+        """(uint8 RGB image (H, W, 3), or float32 (C, H, W) for a .npy sample; class ids (H, W) with
+        255 = ignore) of one sample."""
+        if sample.is_tensor:
+            from ..infer import load_tensor
+
+            image = load_tensor(sample.image)
+            height, width = image.shape[1:]
+        else:
+            image = load_image(sample.image)
+            height, width = image.shape[:2]
         mask = read_mask(sample.mask)
         if sample.cityscapes_ids:
             if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
                 raise BadInputError(f"{sample.mask}: not a Cityscapes labelIds mask (values outside 0..255)")
             mask = cityscapes_label_map()[mask]
-        if mask.shape != rgb.shape[:2]:
+        if mask.shape != (height, width):
             raise BadInputError(
                 f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {sample.image} is "
-                f"{rgb.shape[1]}x{rgb.shape[0]} (width x height); masks must match their images"
+                f"{width}x{height} (width x height); masks must match their images"
             )
-        return rgb, mask
+        return image, mask
 
     def describe(self) -> dict:
         return {"root": str(self.root), "layout": self.layout, "split": self.split, "count": len(self.samples)}
+
+
+def binary_truth(mask: np.ndarray) -> np.ndarray:
+    """0/1 foreground (255 = ignore) of a mask for a one-channel model.
+
+    Values 0, 1 (and 255) with a 1 present: class ids, 255 ignored (VOC-style borders). Anything
+    else (0/255 saliency masks, grey anti-aliased ones): foreground where the value is >= 128.
+    """
+    values = np.unique(mask)
+    if np.isin(values, (0, 1, IGNORE_INDEX)).all() and 1 in values:
+        return mask.astype(np.uint8)
+    return (mask >= 128).astype(np.uint8)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -288,8 +319,13 @@ def folders_dataset(image_dir: Path, mask_dir: Path, root: Path | None = None) -
         if not folder.is_dir():
             raise BadInputError(f"{folder}: no such {what} folder")
     images = find_images(image_dir)
+    tensors = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() == ".npy" and p.is_file())
+    if images and tensors:
+        raise BadInputError(f"{image_dir}: holds both pictures ({images[0].name}) and .npy tensors ({tensors[0].name}); "
+                            "keep one kind per folder")  # fmt: skip
+    images = images or tensors
     if not images:
-        raise BadInputError(f"{image_dir}: no images here (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+        raise BadInputError(f"{image_dir}: no images here (looked for {', '.join(IMAGE_SUFFIXES)} or .npy, recursively)")
     samples = []
     for image in images:
         relative = image.relative_to(image_dir).with_suffix("")

@@ -10,6 +10,17 @@ Metrics come from confusion matrices (``metrics``), accumulated over the
 whole set: mIoU over the classes present in the truth or the predictions, per-class IoU (NaN
 for a class that appears in neither), pixel accuracy; pixels labelled 255 are ignored. Between
 artifacts, pixel agreement is the share of all image pixels with the same predicted class.
+
+One-channel (binary) models are read by their manifest's ``outputs.Head`` (thresholded, not
+argmax'd); the masks are read as 0/1 foreground by ``datasets.binary_truth`` (0/1 class ids with
+255 ignored, else grey >= 128). Besides the two-class mIoU and pixel accuracy they score the
+foreground IoU, precision, recall, Fβ with β² = 0.3 (the salient-object convention) and F1, all
+from the pixels of the whole set at the model's threshold, and the MAE of the probability map
+(resized bilinearly to the image) against the 0/1 truth, averaged over images.
+
+Artifacts without a manifest (a user's ONNX file) are described from their graph and the
+``ModelOptions`` given (``--mean``/``--std``...); where a manifest exists, the options override it
+(``adopt.apply_options``). Models with a "tensor" input are scored on folders of .npy samples.
 """
 
 from __future__ import annotations
@@ -23,17 +34,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adopt import ModelOptions, artifact_manifest
 from ..backend.base import make_runner
 from ..crf import CRFParams, dense_crf
 from ..errors import BadInputError
-from ..infer import labels_at, predict_logits
-from ..manifest import ONNX_NAME, resolve_artifact
-from ..preprocess import resize
-from .datasets import IGNORE_INDEX, Dataset, Sample
-from .metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from ..infer import check_channels, labels_at, predict_logits, resize_channels
+from ..manifest import ONNX_NAME
+from ..outputs import Head
+from ..preprocess import resize, takes_pictures
+from .datasets import IGNORE_INDEX, Dataset, Sample, binary_truth
+from .metrics import F_BETA2, binary_scores, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
 SCHEMA = "segdeploy.eval/1"
 CRF_AT = ("image", "input")
+#: What the report says about the binary scores and masks.
+BINARY_NOTE = (f"binary scores on the foreground at the model's threshold over all pixels: IoU, precision, recall, "
+               f"F-beta with beta^2 = {F_BETA2} (salient-object convention), F1; MAE of the probability map vs the 0/1 "
+               "truth, averaged over images")  # fmt: skip
+MASK_RULE = ("masks with values 0/1 (and 255) and a 1: class ids, 1 = foreground, 255 ignored; "
+             "any other mask (0/255 saliency style, grey): foreground where >= 128")  # fmt: skip
 
 
 def scores(confusion: np.ndarray, class_names: list[str]) -> dict:
@@ -69,7 +88,10 @@ class Candidate:
     backend: str
     onnx_path: Path
     manifest: dict
+    head: Head = field(default_factory=Head)
     confusion: np.ndarray | None = None
+    mae_sum: float = 0.0  # binary heads: per-image MAE of the probability map, summed
+    mae_images: int = 0
     agree: int = 0  # pixels predicted as the first artifact predicts them
     pixels: int = 0
     seconds: float = 0.0  # inference, pre- and post-processing (not the CRF)
@@ -88,6 +110,10 @@ class Candidate:
         block["miou_delta"] = round(mean_iou(self.confusion) - mean_iou(reference.confusion), 4)
         block["agreement"] = round(100.0 * self.agree / max(self.pixels, 1), 4)
         block["seconds_per_image"] = round(self.seconds / max(self.images, 1), 5)
+        block["kind"] = self.head.kind
+        if self.head.kind == "binary":
+            mae = self.mae_sum / self.mae_images if self.mae_images else None
+            block["binary"] = {**binary_scores(self.confusion, mae), "threshold": self.head.threshold}
         if crf is not None:
             crf_block = {**crf.describe(), **scores(self.crf_confusion, class_names)}
             crf_miou = mean_iou(self.crf_confusion)
@@ -105,10 +131,12 @@ class SampleOutcome:
 
     index: int
     sample: Sample
-    image: np.ndarray
+    image: np.ndarray | None  # uint8 RGB; None for a .npy tensor sample
     mask: np.ndarray
     predictions: list[np.ndarray]  # per candidate, uint8 at the image's size
     crf_predictions: list[np.ndarray] | None = None
+    #: The models are binary: ``mask`` and ``predictions`` are 0/1 foreground (mask 255 = ignore).
+    binary: bool = False
 
 
 @dataclass
@@ -138,6 +166,9 @@ class Evaluation:
             "seconds": round(self.seconds, 3),
             "notes": list(self.dataset.notes) + self.notes,
         }
+        if reference.head.kind == "binary":
+            report["binary_scores"] = BINARY_NOTE
+            report["mask_rule"] = MASK_RULE
         if len(results) > 1:
             report["compare"] = results
         return report
@@ -157,17 +188,19 @@ def artifact_labels(artifacts) -> list[str]:
     return labels
 
 
-def open_candidates(artifacts, backends: list[str]) -> list[Candidate]:
+def open_candidates(artifacts, backends: list[str], options: ModelOptions = ModelOptions()) -> list[Candidate]:
     if len(backends) == 1:
         backends = backends * len(artifacts)
     if len(backends) != len(artifacts):
         raise BadInputError(f"{len(backends)} backends for {len(artifacts)} artifacts: give one, or one per artifact")
     candidates = []
     for artifact, label, backend in zip(artifacts, artifact_labels(artifacts), backends):
-        onnx_path, manifest = resolve_artifact(artifact)
-        if manifest is None:
-            raise BadInputError(f"{artifact}: evaluation needs the manifest's input normalisation (export with segdeploy)")
-        candidates.append(Candidate(Path(artifact), label, backend, onnx_path, manifest))
+        onnx_path, manifest, _ = artifact_manifest(artifact, options)
+        candidates.append(Candidate(Path(artifact), label, backend, onnx_path, manifest, Head.from_manifest(manifest)))
+    kinds = {c.head.kind for c in candidates}
+    if len(kinds) > 1:
+        described = ", ".join(f"{c.artifact} is {c.head.kind}" for c in candidates)
+        raise BadInputError(f"the artifacts read their outputs differently ({described}): they cannot be compared")
     return candidates
 
 
@@ -185,13 +218,21 @@ def _class_names(candidates: list[Candidate], dataset: Dataset, num_classes: int
 
 def resize_scores(scores_chw: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, h, w) float32 scores resized bilinearly to (C, height, width)."""
-    from PIL import Image
-
-    if scores_chw.shape[1:] == (height, width):
-        return np.ascontiguousarray(scores_chw, dtype=np.float32)
     # PIL's bilinear upsampling is torch's interpolate(mode="bilinear", align_corners=False).
-    channels = [Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)) for channel in scores_chw]
-    return np.stack([np.asarray(c.resize((width, height), Image.BILINEAR)) for c in channels])
+    return resize_channels(scores_chw, height, width)
+
+
+def _check_sample(sample: Sample, image: np.ndarray, candidate: Candidate) -> None:
+    """The sample is what the candidate's input takes: a picture, or a .npy tensor of its channel count."""
+    spec = candidate.manifest["input"]
+    if takes_pictures(spec) and sample.is_tensor:
+        raise BadInputError(f"{sample.image}: a .npy tensor, but {candidate.artifact} takes {spec.get('color', 'RGB')} "
+                            "pictures (image files)")  # fmt: skip
+    if not takes_pictures(spec):
+        if not sample.is_tensor:
+            raise BadInputError(f"{sample.image}: a picture, but {candidate.artifact} takes tensors: give a folder of "
+                                ".npy files holding (C, H, W) arrays, already normalised")  # fmt: skip
+        check_channels(sample.image, image, spec)
 
 
 def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings) -> np.ndarray:
@@ -216,13 +257,19 @@ def evaluate(
     crf: CRFSettings | None = None,
     runner_options: dict | None = None,
     on_sample: Callable[[SampleOutcome], None] | None = None,
+    options: ModelOptions = ModelOptions(),
 ) -> Evaluation:
     """Run every artifact over ``dataset``; ``on_sample`` sees each sample's predictions as they come."""
     if crf is not None and crf.at not in CRF_AT:
         raise BadInputError(f"CRF resolution must be one of {', '.join(CRF_AT)}, got {crf.at!r}")
     if len(dataset) == 0:
         raise BadInputError(f"{dataset.root}: no samples to evaluate")
-    candidates = open_candidates(list(artifacts), list(backends))
+    candidates = open_candidates(list(artifacts), list(backends), options)
+    binary = candidates[0].head.kind == "binary"
+    if crf is not None and binary:
+        raise BadInputError("--crf: the dense CRF refines multi-class scores; these models have one-channel (binary) outputs")
+    if crf is not None and dataset.samples[0].is_tensor:
+        raise BadInputError(f"--crf: the dense CRF needs pictures; {dataset.samples[0].image} is a .npy tensor")
     evaluation = Evaluation(dataset, candidates, [], crf)
     started = time.perf_counter()
     num_classes = None
@@ -231,22 +278,33 @@ def evaluate(
                    for c in candidates]  # fmt: skip
         for index, sample in enumerate(dataset.samples):
             rgb, mask = dataset.load(sample)
+            shape = mask.shape
+            if binary:
+                mask = binary_truth(mask)
+            valid = mask != IGNORE_INDEX
             predictions, refined = [], [] if crf is not None else None
             for candidate, runner in zip(candidates, runners):
+                _check_sample(sample, rgb, candidate)
                 t0 = time.perf_counter()
                 logits = np.asarray(predict_logits(runner, candidate.manifest, rgb, size), dtype=np.float32)
-                labels = labels_at(logits.argmax(axis=0), rgb.shape[:2])
+                labels = labels_at(candidate.head.labels(logits[None])[0], shape)
                 candidate.seconds += time.perf_counter() - t0
+                if binary:
+                    probability = resize_channels(candidate.head.probabilities(logits[None])[0], *shape)[0]
+                    if valid.any():
+                        candidate.mae_sum += float(np.abs(probability[valid] - mask[valid]).mean())
+                        candidate.mae_images += 1
+                classes_here = candidate.head.num_classes or logits.shape[0]
                 if num_classes is None:
-                    num_classes = logits.shape[0]
+                    num_classes = classes_here
                     evaluation.class_names = _class_names(candidates, dataset, num_classes)
                     for c in candidates:
                         c.confusion = np.zeros((num_classes, num_classes), np.int64)
                         c.crf_confusion = np.zeros((num_classes, num_classes), np.int64) if crf is not None else None
-                elif logits.shape[0] != num_classes:
-                    raise BadInputError(f"{candidate.artifact}: {logits.shape[0]} classes, but "
+                elif classes_here != num_classes:
+                    raise BadInputError(f"{candidate.artifact}: {classes_here} classes, but "
                                         f"{candidates[0].artifact} has {num_classes}: they cannot be compared")
-                if not predictions:
+                if not predictions and not binary:
                     _check_mask(mask, sample, num_classes, candidate)
                 candidate.confusion += confusion_matrix(mask, labels, num_classes)
                 candidate.pixels += labels.size
@@ -261,7 +319,8 @@ def evaluate(
                     candidate.crf_agree += int(np.count_nonzero(crf_pred == refined[0])) if refined else crf_pred.size
                     refined.append(crf_pred)
             if on_sample is not None:
-                on_sample(SampleOutcome(index, sample, rgb, mask, predictions, refined))
+                picture = rgb if rgb.dtype == np.uint8 else None
+                on_sample(SampleOutcome(index, sample, picture, mask, predictions, refined, binary))
     evaluation.seconds = time.perf_counter() - started
     return evaluation
 

@@ -37,3 +37,35 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
     total = confusion.sum()
     return float(100.0 * np.trace(confusion) / total) if total else 100.0
 
+
+
+#: β² of the F-measure reported for binary (foreground) models: 0.3, the salient-object convention
+#: (precision weighted above recall).
+F_BETA2 = 0.3
+
+
+def binary_scores(confusion: np.ndarray, mae: float | None = None) -> dict:
+    """Foreground scores (percent) of a 2x2 confusion matrix (rows truth, 1 = foreground): IoU,
+    precision, recall, Fβ (β² = F_BETA2) and F1; ``mae`` (0..1) passed through."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp, fp, fn = confusion[1, 1], confusion[0, 1], confusion[1, 0]
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+
+    def f(beta2: float) -> float:
+        denominator = beta2 * precision + recall
+        return (1 + beta2) * precision * recall / denominator if denominator else 0.0
+
+    if tp + fp + fn == 0:  # no foreground in the truth or the predictions: perfect, as mean_iou has it
+        iou, precision, recall, f_beta, f1 = 1.0, 1.0, 1.0, 1.0, 1.0
+    else:
+        iou, f_beta, f1 = tp / (tp + fp + fn), f(F_BETA2), f(1.0)
+    return {
+        "iou": round(100.0 * iou, 4),
+        "precision": round(100.0 * precision, 4),
+        "recall": round(100.0 * recall, 4),
+        "f_beta": round(100.0 * f_beta, 4),
+        "beta2": F_BETA2,
+        "f1": round(100.0 * f1, 4),
+        "mae": None if mae is None else round(float(mae), 6),
+    }

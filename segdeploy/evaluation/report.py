@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_path
-from ..visualize import label_image, overlay
+from ..visualize import label_image, mask_palette, overlay
 from .evaluate import Evaluation, SampleOutcome
 
 PLOT_HINT = "pip install 'segdeploy[plot]'"
@@ -78,7 +78,8 @@ class SampleWriter:
     """Writes overlay strips of the first ``overlays`` samples and, if asked, every prediction mask.
 
     An overlay strip is ``overlays/ID.png``: the image, the truth, then each artifact's prediction
-    (and each CRF prediction), colours of the VOC palette blended over the image.
+    (and each CRF prediction), colours of the VOC palette blended over the image (binary models: the
+    foreground tinted). Tensor (.npy) samples have no picture: no strip.
     ``predictions/ID.png`` (``predictions/LABEL/ID.png`` with several artifacts; ``predictions_crf``
     with the CRF) are palette PNGs of class indices, as ``segdeploy infer`` writes them.
     """
@@ -91,26 +92,29 @@ class SampleWriter:
         self.overlay_files: list[str] = []
 
     def __call__(self, outcome: SampleOutcome) -> None:
-        if outcome.index < self.overlays:
+        if outcome.index < self.overlays and outcome.image is not None:
             self.overlay_files.append(str(self._overlay(outcome)))
         if self.save_predictions:
-            self._predictions("predictions", outcome.sample.id, outcome.predictions)
+            self._predictions("predictions", outcome, outcome.predictions)
             if outcome.crf_predictions is not None:
-                self._predictions("predictions_crf", outcome.sample.id, outcome.crf_predictions)
+                self._predictions("predictions_crf", outcome, outcome.crf_predictions)
 
-    def _predictions(self, folder: str, sample_id: str, predictions: list[np.ndarray]) -> None:
+    def _predictions(self, folder: str, outcome: SampleOutcome, predictions: list[np.ndarray]) -> None:
         for label, prediction in zip(self.labels, predictions):
             base = self.out_dir / folder / (_safe(label) if len(self.labels) > 1 else "")
-            with atomic_path(base / f"{sample_id}.png") as tmp:
-                label_image(prediction).save(tmp, format="PNG")
+            with atomic_path(base / f"{outcome.sample.id}.png") as tmp:
+                label_image(prediction, mask_palette(outcome.binary)).save(tmp, format="PNG")
 
     def _overlay(self, outcome: SampleOutcome) -> Path:
         from PIL import Image, ImageDraw
 
-        panels = [("image", outcome.image), ("truth", overlay(outcome.image, outcome.mask))]
-        panels += [(label, overlay(outcome.image, p)) for label, p in zip(self.labels, outcome.predictions)]
+        def over(labels):
+            return overlay(outcome.image, labels, binary=outcome.binary)
+
+        panels = [("image", outcome.image), ("truth", over(outcome.mask))]
+        panels += [(label, over(p)) for label, p in zip(self.labels, outcome.predictions)]
         if outcome.crf_predictions is not None:
-            panels += [(f"{label}+crf", overlay(outcome.image, p)) for label, p in zip(self.labels, outcome.crf_predictions)]
+            panels += [(f"{label}+crf", over(p)) for label, p in zip(self.labels, outcome.crf_predictions)]
         height, width = outcome.image.shape[:2]
         caption = 12
         strip = Image.new("RGB", (width * len(panels) + 2 * (len(panels) - 1), height + caption), (255, 255, 255))
@@ -135,9 +139,12 @@ def print_tables(report: dict, console=None) -> None:
     crf = "crf" in report
     dataset = report["dataset"]
     several = len(results) > 1
+    binary = "binary" in results[0]
     title = (f"{dataset['layout']} {dataset['split'] or '(all)'} · {dataset['count']} images · {dataset['root']}")
     summary = Table(title=title)
     columns = ["artifact", "precision", "backend", "mIoU", "pixel acc"]
+    if binary:
+        columns += ["IoU fg", "F-beta (b2=0.3)", "F1", "MAE"]
     if several:
         columns += ["Δ mIoU (pts)", "agreement %"]
     if crf:
@@ -146,6 +153,9 @@ def print_tables(report: dict, console=None) -> None:
         summary.add_column(column, justify="left" if column in ("artifact", "precision", "backend") else "right")
     for index, r in enumerate(results):
         row = [r["label"], str(r.get("precision") or "?"), r["backend"], f"{r['miou']:.2f}", f"{r['pixel_accuracy']:.2f}"]
+        if binary:
+            b = r["binary"]
+            row += [f"{b['iou']:.2f}", f"{b['f_beta']:.2f}", f"{b['f1']:.2f}", "-" if b["mae"] is None else f"{b['mae']:.4f}"]
         if several:
             row += ["ref", "ref"] if index == 0 else [f"{r['miou_delta']:+.2f}", f"{r['agreement']:.2f}"]
         if crf:
@@ -172,6 +182,9 @@ def print_tables(report: dict, console=None) -> None:
                 row.append(_iou(r["crf"]["per_class_iou"][name]))
         per_class.add_row(*row)
     console.print(per_class)
+    if binary:
+        console.print(f"[dim]{report.get('binary_scores', '')}[/dim]")
+        console.print(f"[dim]masks: {report.get('mask_rule', '')}[/dim]")
     for note in report.get("notes", []):
         console.print(f"[dim]note: {note}[/dim]")
 

@@ -1,8 +1,10 @@
 """The accuracy gate, and the sensitivity analysis that meets it by keeping layers in higher precision.
 
-A reduced-precision model passes when, against FP32 on the validation images, its argmax
-agrees on at least the fraction ``min_agreement`` of pixels and (with masks) its mIoU is at most
-``max_miou_drop`` points lower. When the fully reduced model misses that budget:
+A reduced-precision model passes when, against FP32 on the validation images, its masks (the
+labels the manifest's head reads: argmax over channels, or a one-channel binary output
+thresholded) agree on at least the fraction ``min_agreement`` of pixels, (with masks) its mIoU is
+at most ``max_miou_drop`` points lower and, when ``max_prob_error`` is set, no pixel's probability
+moved by more than it. When the fully reduced model misses that budget:
 
 1. each candidate layer is reduced *alone* (everything else kept in higher precision) and
    scored on a small subset of the images: lost agreement first, logit noise as tie-break;
@@ -18,22 +20,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..outputs import Head
 from .comparison import Comparison, Reference, compare, open_session
 
 
 @dataclass(frozen=True)
 class Budget:
-    min_agreement: float = 0.99  # fraction of pixels whose argmax matches FP32
+    min_agreement: float = 0.99  # fraction of pixels whose label matches FP32's
     max_miou_drop: float = 0.5  # mIoU points below FP32, when masks are given
+    #: Largest |Δp| allowed at any pixel; None: reported, not gated (a pixel near the decision
+    #: boundary may move far in probability without changing any mask, which the other limits gate).
+    max_prob_error: float | None = None
 
-    def misses(self, result: Comparison) -> list[str]:
+    def misses(self, result: Comparison, head: Head = Head()) -> list[str]:
         """Why ``result`` fails the budget (empty when it passes)."""
         missed = []
         if result.agreement < self.min_agreement:
-            missed.append(f"argmax agreement {result.agreement:.4%} < {self.min_agreement:.4%}")
+            missed.append(f"{agreement_name(head)} {result.agreement:.4%} < {self.min_agreement:.4%}")
         if result.miou_drop is not None and result.miou_drop > self.max_miou_drop:
             missed.append(f"mIoU drop {result.miou_drop:.3f} pt > {self.max_miou_drop:g} pt")
+        if self.max_prob_error is not None and result.max_prob_error is not None and result.max_prob_error > self.max_prob_error:
+            missed.append(f"max probability error {result.max_prob_error:.4g} > {self.max_prob_error:g}")
         return missed
+
+
+def agreement_name(head: Head) -> str:
+    """What the agreement counts, as messages say it."""
+    return "mask agreement (binary threshold)" if head.kind == "binary" else "argmax agreement"
 
 
 @dataclass
@@ -63,7 +76,7 @@ def run_gate(
     progress("checking the reduced-precision model against FP32")
     model = build(frozenset())
     initial = _check(model, reference)
-    missed = budget.misses(initial)
+    missed = budget.misses(initial, reference.outputs.head)
     outcome = GateOutcome(model, initial, not missed, missed, initial, model)
     if not missed or not sensitivity or not candidates:
         return outcome
@@ -82,7 +95,7 @@ def run_gate(
         progress(f"keeping the {count} most sensitive layer(s) in higher precision")
         path = build(frozenset(order[:count]))
         result = _check(path, reference)
-        misses = budget.misses(result)
+        misses = budget.misses(result, reference.outputs.head)
         outcome.steps.append({"kept": count, **result.to_json(), "passed": not misses})
         return path, result, misses
 

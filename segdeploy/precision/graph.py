@@ -46,7 +46,9 @@ def layer_macs(path: Path, spec: dict) -> dict[str, int]:
 
     model = load_onnx(path)
     height, width = spec["size"]
-    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, height, width)):
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else (spec.get("channels") or 3)
+    for dim, value in zip(dims, (1, channels, height, width)):
         dim.ClearField("dim_param")
         dim.dim_value = value
     try:
@@ -100,3 +102,35 @@ def sort_topologically(model: onnx.ModelProto) -> onnx.ModelProto:
     model.graph.ClearField("node")
     model.graph.node.extend(nodes[i] for i in order)
     return model
+
+
+def keep_only_outputs(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` whose graph outputs are ``names`` only, with the nodes and initializers
+    that only fed the others removed; returns (model, the outputs dropped)."""
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    graph = pruned.graph
+    dropped = [o.name for o in graph.output if o.name not in names]
+    for value in [o for o in graph.output if o.name not in names]:
+        graph.output.remove(value)
+    needed = set(names)
+    kept = []
+    for node in reversed(list(graph.node)):  # nodes are in topological order: walk back from the outputs
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+            for attribute in node.attribute:  # subgraphs (If, Loop) read outer names too
+                for sub in [attribute.g, *attribute.graphs]:
+                    needed.update(name for n in sub.node for name in n.input if name)
+    graph.ClearField("node")
+    graph.node.extend(reversed(kept))
+    unused = [t for t in graph.initializer if t.name not in needed]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    removed = {t.name for t in unused}
+    for value in [v for v in graph.input if v.name in removed]:  # old exporters list initializers as inputs
+        graph.input.remove(value)
+    kept_values = [v for v in graph.value_info if v.name in needed]
+    graph.ClearField("value_info")
+    graph.value_info.extend(kept_values)
+    return pruned, dropped

@@ -21,19 +21,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..adopt import ModelOptions
+from ..convert import prepare_graph
 from ..errors import BadInputError
 from ..fileio import sha256_file
 from ..fixtures.scenes import generate_scenes
 from ..manifest import MANIFEST_NAME, ONNX_NAME, read_manifest
 from ..onnx_io import load_onnx
-from ..preprocess import IMAGE_SUFFIXES
+from ..parity import sample_tensors
+from ..preprocess import input_channels, takes_pictures
 from ..targets import DEFAULT_TARGET, get_target
 from .artifact import Source, load_source, output_dir_for, tool_versions, write_artifact
-from .comparison import DEFAULT_BATCH, Reference, compare, measure_latency, open_session
-from .data import ImageSet, folder_fingerprint, image_folder_files, load_image_set
+from .comparison import DEFAULT_BATCH, Outputs, Reference, compare, measure_latency, open_session
+from .data import ImageSet, folder_fingerprint, image_folder_files, load_image_set, what_to_look_for
 from .fp16 import convert_to_fp16, overflowing_nodes
 from .gate import Budget, GateOutcome, run_gate
-from .graph import layer_macs, name_nodes, weighted_layers
+from .graph import keep_only_outputs, layer_macs, name_nodes, weighted_layers
 from .int8 import SCHEMES, Int8Builder
 
 #: Probe images generated when no --val folder is given to ``fp16`` (seeded, so results repeat).
@@ -69,14 +72,8 @@ class PrecisionResult:
         }
 
 
-@dataclass(frozen=True)
-class Normalisation:
-    """Input normalisation from the command line: required for a foreign ONNX file, else overrides."""
-
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float | None = None
-    size: tuple[int, int] | None = None
+#: Per-channel DequantizeLinear (``axis``) exists from opset 13 on: older graphs are converted up first.
+QDQ_MIN_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -95,27 +92,30 @@ def make_fp16(
     keep_fp32: tuple[str, ...] = (),
     gate: GateSettings = GateSettings(),
     target: str | None = None,
-    normalisation: Normalisation = Normalisation(),
+    options: ModelOptions = ModelOptions(),
     progress: Callable[[str], None] = _no_progress,
 ) -> PrecisionResult:
-    """An FP16 artifact of the FP32 model at ``path``, checked against it on ``val_dir`` (or generated scenes)."""
-    source = load_source(path, **asdict(normalisation))
+    """An FP16 artifact of the FP32 model at ``path``, checked against it on ``val_dir`` (or
+    generated scenes; seeded random tensors for a tensor input)."""
+    source = load_source(path, options)
     profile = _target(source, target, default=None)
     output_dir = output_dir_for(source, output_dir, "fp16")
-    settings = {"keep_fp32": sorted(keep_fp32), "gate": asdict(gate)}
-    key = _key(source, "fp16", settings, _fingerprint(val_dir, "validation") if val_dir else GENERATED_PROBE)
+    settings = {"keep_fp32": sorted(keep_fp32), "gate": asdict(gate), "output": source.manifest["output"]}
+    key = _key(source, "fp16", settings, _fingerprint(val_dir, "validation", source.spec) if val_dir else GENERATED_PROBE)
     reused = _reusable(output_dir, "fp16", key)
     if reused:
         return PrecisionResult(output_dir, reused, "fp16", True)
 
     validation = _validation_set(source, val_dir, fallback=None)
+    _settle_size(source, validation)
     with tempfile.TemporaryDirectory(prefix="segdeploy-fp16-") as work:
-        model = name_nodes(load_onnx(source.onnx_path))
+        float_path, preparation = _prepare(source, Path(work), None, progress)
+        model = name_nodes(load_onnx(float_path))
         unknown = set(keep_fp32) - {n.name for n in model.graph.node}
         if unknown:
             raise BadInputError(f"--keep-fp32: no node named {', '.join(sorted(unknown))} in {source.onnx_path}")
         progress("looking for activations beyond the FP16 range")
-        overflow = overflowing_nodes(model, _subset(validation, gate.sensitivity_images), source.spec, source.input_name)
+        overflow = overflowing_nodes(model, validation.subset(gate.sensitivity_images), source.spec, source.input_name)
         always_fp32 = frozenset(keep_fp32) | frozenset(overflow)
         builds = itertools.count(1)
 
@@ -133,6 +133,7 @@ def make_fp16(
             "target_profile": profile.to_manifest() if profile else None,
             "kept_fp32_by_request": sorted(keep_fp32),
             "kept_fp32_for_range": overflow,
+            **preparation,
         }
         return _gate_and_write(source, output_dir, "fp16", profile.name if profile else None, "fp16", section,
                                build, candidates, named, validation, gate, progress)  # fmt: skip
@@ -152,7 +153,7 @@ def make_int8(
     min_images: int = 8,
     max_images: int | None = None,
     percentile: float = 99.999,
-    normalisation: Normalisation = Normalisation(),
+    options: ModelOptions = ModelOptions(),
     progress: Callable[[str], None] = _no_progress,
     calibration_progress: Callable[[int, int], None] | None = None,
 ) -> PrecisionResult:
@@ -160,7 +161,7 @@ def make_int8(
 
     ``calibration_progress(done, total)`` is called after each calibration batch.
     """
-    source = load_source(path, **asdict(normalisation))
+    source = load_source(path, options)
     profile = _target(source, target, default=DEFAULT_TARGET)
     scheme = SCHEMES[profile.quantization]
     if source.batch is not None:
@@ -169,28 +170,34 @@ def make_int8(
         raise BadInputError("--batch and --min-images must be at least 1")
     output_dir = output_dir_for(source, output_dir, "int8")
     calibration = {"method": method, "batch": batch, "max_images": max_images, "preprocessing": source.spec,
-                   "files_sha256": _fingerprint(calib_dir, "calibration", max_images)}  # fmt: skip
+                   "files_sha256": _fingerprint(calib_dir, "calibration", source.spec, max_images)}  # fmt: skip
     if method == "percentile":
         calibration["percentile"] = percentile
     calibration_key = _key(source, "int8-calibration", {"scheme": asdict(scheme), **calibration})
-    settings = {"calibration_key": calibration_key, "keep_float": sorted(keep_float), "gate": asdict(gate)}
-    key = _key(source, "int8", settings, _fingerprint(val_dir, "validation") if val_dir else "calibration images")
+    settings = {"calibration_key": calibration_key, "keep_float": sorted(keep_float), "gate": asdict(gate),
+                "output": source.manifest["output"]}  # fmt: skip
+    key = _key(source, "int8", settings, _fingerprint(val_dir, "validation", source.spec) if val_dir else "calibration images")
     reused = _reusable(output_dir, "quantization", key)
     if reused:
         return PrecisionResult(output_dir, reused, "quantization", True)
 
     progress("loading calibration images")
     calib = load_image_set(calib_dir, source.spec, purpose="calibration", min_images=min_images, max_images=max_images, with_masks=False)
+    _settle_size(source, calib)
     if len(calib) < batch:
         raise BadInputError(
             f"{calib_dir}: the calibration set has {len(calib)} image(s), fewer than the batch size {batch}; "
             "add images or lower --batch"
         )
     validation = _validation_set(source, val_dir, fallback=calib)
+    if validation.size != calib.size and source.fixed_size is None and validation.tensors:
+        raise BadInputError(f"{val_dir}: validation tensors are {validation.size[0]}x{validation.size[1]}, the calibration "
+                            f"tensors {calib.size[0]}x{calib.size[1]}; give both at one size")  # fmt: skip
     cache = output_dir / f"calibration-{calibration_key[:16]}.json"
     with tempfile.TemporaryDirectory(prefix="segdeploy-int8-") as work:
+        float_path, preparation = _prepare(source, Path(work), QDQ_MIN_OPSET, progress)
         progress("preparing the graph (shape inference, constant folding)")
-        builder = Int8Builder(source.onnx_path, scheme, method, Path(work), cache, percentile)
+        builder = Int8Builder(float_path, scheme, method, Path(work), cache, percentile)
         recalibrated = not cache.is_file()
         if recalibrated:
             progress(f"calibrating ({method}) on {len(calib)} images")
@@ -227,6 +234,7 @@ def make_int8(
                 "reused_ranges": not recalibrated,
             },
             "kept_float_by_request": sorted(keep_float),
+            **preparation,
         }
         always_float = frozenset(keep_float)
         return _gate_and_write(source, output_dir, "int8", profile.name, "quantization", section,
@@ -243,16 +251,21 @@ def _gate_and_write(source: Source, output_dir: Path, precision: str, target: st
     ``layers_model`` is the float graph whose node names ``build`` and ``candidates`` use.
     """
     batch, fixed = (source.batch, True) if source.batch else (DEFAULT_BATCH, False)
-    progress(f"running FP32 on {len(validation)} validation images")
-    fp32 = open_session(source.onnx_path)
-    reference = Reference.compute(fp32, validation, source.spec, batch, fixed)
-    subset = Reference.compute(fp32, _subset(validation, gate.sensitivity_images), source.spec, batch, fixed, keep_logits=True)
+    progress(f"running FP32 on {len(validation)} validation samples")
+    fp32 = open_session(source.onnx_path)  # the parent as the user gave it: every output, unconverted
+    outputs = Outputs.of(source.heads, source.prediction)
+    reference = Reference.compute(fp32, validation, source.spec, batch, fixed,
+                                  keep_logits=gate.budget.max_prob_error is not None, outputs=outputs)  # fmt: skip
+    subset = reference.subset(gate.sensitivity_images, fp32)
     outcome = run_gate(build, candidates, reference, subset, gate.budget, gate.sensitivity, progress)
     progress("measuring the final model's error against FP32")
     final = compare(open_session(outcome.model), reference, reference_session=fp32)
+    written = load_onnx(outcome.model, load_external_data=False)
     section["gate"] = {
         "passed": outcome.passed,
         "missed": outcome.missed,
+        "prediction_output": source.prediction,
+        "head": source.head.describe(),
         "budget": asdict(gate.budget),
         "validation": validation.describe(),
         "fp32_miou": reference.miou,
@@ -263,7 +276,9 @@ def _gate_and_write(source: Source, output_dir: Path, precision: str, target: st
         "search": outcome.steps,
         "cost": _cost(outcome, source, layers_model, progress),
     }
-    manifest = write_artifact(output_dir, outcome.model, source, precision, target, {section_name: section})
+    onnx_fields = {"opset_conversion": section["graph_preparation"]} if section.get("graph_preparation", {}).get("opset") else {}
+    manifest = write_artifact(output_dir, outcome.model, source, precision, target, {section_name: section},
+                              outputs=[o.name for o in written.graph.output], onnx_fields=onnx_fields)  # fmt: skip
     return PrecisionResult(output_dir, manifest, section_name, False)
 
 
@@ -284,18 +299,49 @@ def _cost(outcome: GateOutcome, source: Source, layers_model: Path, progress) ->
 
 def _validation_set(source: Source, val_dir, fallback: ImageSet | None) -> ImageSet:
     if val_dir is not None:
-        return load_image_set(val_dir, source.spec, purpose="validation")
+        return load_image_set(val_dir, source.spec, purpose="validation", size=_size_of(source, fallback))
     if fallback is not None:
         return replace(fallback, root=Path(f"{fallback.root} (calibration images: no --val given)"))
 
     height, width = source.spec["size"]
+    if not height or not width:
+        raise BadInputError(f"{source.onnx_path}: the input size is dynamic; give the size to check at with --size H W "
+                            "(or a --val folder)")  # fmt: skip
+    if not takes_pictures(source.spec):
+        channels = input_channels(source.spec)
+        tensors = sample_tensors((GENERATED_PROBE["count"], channels, height, width), seed=GENERATED_PROBE["seed"])
+        return ImageSet(Path("seeded random tensors (no --val given)"), [], tensors, fingerprint="generated")
     scenes = generate_scenes(GENERATED_PROBE["count"], height, width, seed=GENERATED_PROBE["seed"])
     return ImageSet(Path("generated scenes (no --val given)"), [], np.stack([s.image for s in scenes]), fingerprint="generated")
 
 
-def _subset(images: ImageSet, count: int) -> ImageSet:
-    masks = images.masks[:count] if images.masks is not None else None
-    return ImageSet(images.root, images.paths[:count], images.images[:count], masks=masks, fingerprint=images.fingerprint)
+def _size_of(source: Source, calibration: ImageSet | None) -> tuple[int, int] | None:
+    """The size validation pictures are resized to: the manifest's, else the calibration set's."""
+    size = source.spec.get("size") or [None, None]
+    if all(size):
+        return tuple(size)
+    return calibration.size if calibration is not None else None
+
+
+def _settle_size(source: Source, samples: ImageSet) -> None:
+    """A dynamic-size graph without --size runs at its tensors' own size: record it in the spec."""
+    if not all(source.spec.get("size") or [None, None]):
+        source.spec["size"] = [int(s) for s in samples.size]
+
+
+def _prepare(source: Source, work: Path, min_opset: int | None, progress) -> tuple[Path, dict]:
+    """The float graph a step reduces: FP16 weights behind Casts folded, converted to ``min_opset``
+    if older, side outputs dropped when the manifest asks; (its path, the section's record)."""
+    progress("preparing the graph (FP16 weight casts, opset)")
+    prepared = prepare_graph(source.onnx_path, work, source.spec, min_opset=min_opset)
+    record = {"graph_preparation": prepared.report} if prepared.changed else {}
+    path = prepared.path
+    if source.drop_side_outputs:
+        pruned, dropped = keep_only_outputs(load_onnx(path), [source.prediction])
+        path = work / "float-prediction-only.onnx"
+        onnx.save(pruned, str(path))
+        record["dropped_side_outputs"] = dropped
+    return path, record
 
 
 def _target(source: Source, name: str | None, default: str | None):
@@ -311,10 +357,11 @@ def _target(source: Source, name: str | None, default: str | None):
     return profile
 
 
-def _fingerprint(folder, purpose: str, max_images: int | None = None) -> str:
-    root, files, masks = image_folder_files(folder)
+def _fingerprint(folder, purpose: str, spec: dict, max_images: int | None = None) -> str:
+    root, files, masks = image_folder_files(folder, spec)
     if not files:
-        raise BadInputError(f"{folder}: no {purpose} images here (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+        kind = "images" if takes_pictures(spec) else "tensors"
+        raise BadInputError(f"{folder}: no {purpose} {kind} here (looked for {what_to_look_for(spec)}, recursively)")
     files = files[:max_images] if max_images else files
     mask_files = sorted(p for p in masks.rglob("*") if p.is_file()) if masks else []
     return folder_fingerprint(folder, files + mask_files)

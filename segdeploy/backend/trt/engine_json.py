@@ -82,6 +82,9 @@ def engine_manifest(plan: BuildPlan, runtime: dict, io: list[dict], build_second
             "opset": manifest.get("onnx", {}).get("opset"),
             "precision": plan.precision,
             "target": manifest.get("onnx", {}).get("target"),
+            # "graph": a bare ONNX file, its input and output read from the graph (``input.normalisation_known``
+            # false: the input normalisation was not given); "manifest.json": an export's or adopted file's.
+            "described_from": plan.manifest_source,
         },
         "reference_onnx": reference_onnx(plan),
         "lint": lint_report(plan.lint, plan.target.name),

@@ -15,7 +15,6 @@ from pathlib import Path
 from ..._native import find_packaged_library
 from ...errors import BadInputError
 from ...lint import custom_nodes, errors, lint_onnx
-from ...manifest import MANIFEST_NAME
 from ...onnx_io import graph_inputs, open_artifact, static_dims, tensor_dims
 from ...targets import TARGETS, get_target
 from .profile import ShapeRange, derived_profile, format_shape, resolve_profile
@@ -91,6 +90,8 @@ class BuildPlan:
     custom_ops: list[str] = field(default_factory=list)
     lint: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Where ``manifest`` came from: "manifest.json", or "graph" for a bare ONNX file described from its graph.
+    manifest_source: str = "manifest.json"
 
     @property
     def engine_path(self) -> Path:
@@ -164,6 +165,9 @@ def plan_build(
 ) -> BuildPlan:
     """Resolve and check a build of ``artifact`` (folder or ONNX file with its manifest).
 
+    A bare ONNX file (no manifest beside it) is described from its graph (``adopt.describe_onnx``);
+    FP16 weights behind Casts and opsets 11/12 go to the parser as they are.
+
     Raises BadInputError for anything the target cannot build: a precision the artifact is not
     typed for, a profile outside the ONNX input's static dimensions, options the target's
     TensorRT lacks (``compute_capability``, e.g. ``"86,89"``, is TensorRT for RTX's), lint errors,
@@ -172,8 +176,15 @@ def plan_build(
     opened = open_artifact(artifact)
     onnx_path, manifest, model = opened.onnx_path, opened.manifest, opened.model
     if manifest is None:
-        raise BadInputError(f"{onnx_path}: no {MANIFEST_NAME} beside it; build from a segdeploy artifact folder "
-                            "(export, fp16 or quantize write one)")
+        # A bare ONNX file of a user's: the input name, dims, channels and output reading come from its graph
+        # (adopt.describe_onnx); engines take raw tensors, so the normalisation need not be known to build.
+        from ...adopt import describe_onnx
+
+        manifest = describe_onnx(onnx_path, need_normalisation=False, model=model)
+        opened.manifest = manifest
+        described = True
+    else:
+        described = False
     precision = _check_precision(onnx_path, manifest, precision)
     build_target = get_target(target or manifest.get("onnx", {}).get("target") or None)
     if build_target.runtime != "tensorrt":
@@ -183,7 +194,10 @@ def plan_build(
 
     image = opened.image_input()
     dims = static_dims(image)
-    profile = resolve_profile(dims, manifest.get("input", {}), batch, min_shape, opt_shape, max_shape)
+    try:
+        profile = resolve_profile(dims, manifest.get("input", {}), batch, min_shape, opt_shape, max_shape)
+    except BadInputError as exc:
+        raise BadInputError(f"{onnx_path}: {exc}") from None
     extra_dims, extra_profiles = {}, {}
     for other in graph_inputs(model):
         if other is not image:
@@ -197,6 +211,7 @@ def plan_build(
         workspace_mib=workspace_mib, dla_core=dla_core, gpu_fallback=gpu_fallback,
         timing_cache=Path(timing_cache) if timing_cache else None, opt_level=opt_level,
         version_compatible=version_compatible, hardware_compat=hardware_compat,
+        manifest_source="graph" if described else "manifest.json",
     )
     if compute_capability is not None:
         if not plan.release.has("compute_capabilities"):

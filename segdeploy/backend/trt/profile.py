@@ -76,15 +76,20 @@ def resolve_profile(dims: list, spec: dict, batch=None, min_shape=None, opt_shap
     if len(dims) != 4:
         raise BadInputError(f"expected an NCHW image input, found {len(dims)} dimensions")
     batches = parse_batch(batch) if batch is not None else None
-    channels = dims[1] or 3
+    # The graph's channel count, else the manifest's (a 1-channel GRAY or 4/6-channel tensor input), else RGB.
+    channels = dims[1] or int(spec.get("channels") or {"GRAY": 1}.get(spec.get("color"), 3))
     size = spec.get("size") or [None, None]
     height, width = dims[2] or size[0], dims[3] or size[1]
     declared = spec.get("shape_range")
     if declared:
         base = ShapeRange.from_json(declared)
     else:
+        if (not height or not width) and opt_shape is not None:  # a dynamic graph without a recorded size: --opt's
+            height, width = parse_shape(opt_shape, "--opt")[-2:]
         if not height or not width:
-            raise BadInputError("the input's height and width are dynamic and the manifest gives no size: pass --opt HxW")
+            raise BadInputError(f"input {spec.get('name', '?')!r}: its height and width are dynamic and no size is "
+                                "recorded for it (manifest, or segdeploy adopt --size): pass --opt HxW (and --min/--max "
+                                "for a range)")
         static = (dims[0] or 1, channels, height, width)
         base = ShapeRange(static, static, static)
     if batches:
