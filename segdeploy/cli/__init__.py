@@ -55,6 +55,10 @@ def cli():
       segdeploy export --model deeplabv3plus -o out  # ONNX + manifest, parity-checked
       segdeploy inspect out/model.onnx               # what is in the graph
       segdeploy bench out --backends torch,ort       # latency side by side
+
+    \b
+    Your own ONNX file: record what the graph cannot say, once:
+      segdeploy adopt model.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     """
 
 
