@@ -211,23 +211,12 @@ def fp16_cast_network(seed: int = 0):
 
     from segdeploy.fixtures.bands import scene_bands
     from segdeploy.fixtures.scenes import generate_scenes
-    from segdeploy.models.batchnorm import MIN_VARIANCE
+    from segdeploy.models.batchnorm import calibrate_batch_norm
 
     torch.manual_seed(seed)
     model = smp.Unet(encoder_name="mobilenet_v2", encoder_weights=None, classes=6, encoder_depth=3, decoder_channels=(32, 16, 8))
     images = torch.from_numpy(scene_bands(np.stack([s.image for s in generate_scenes(16, SIZE, SIZE, seed=seed + 99)])))
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in norms]
-    for bn in norms:  # as segdeploy.models.batchnorm.calibrate_batch_norm, on scenes instead of noise
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative: exactly this batch's statistics
-    model.train()
-    with torch.no_grad():
-        model(images)
-    for bn, momentum in zip(norms, momenta):
-        bn.momentum = momentum
-        bn.running_var.clamp_(min=MIN_VARIANCE)
-    return model.eval()
+    return calibrate_batch_norm(model, (SIZE, SIZE), images=images)  # on scenes instead of noise
 
 
 def cast_weights_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

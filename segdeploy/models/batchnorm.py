@@ -18,9 +18,10 @@ from .registry import create_model
 MIN_VARIANCE = 1e-2
 
 
-def calibrate_batch_norm(model: nn.Module, input_size: tuple[int, int], *, batch=8, seed=0) -> nn.Module:
-    """Set the running statistics of every BN layer from one batch of Gaussian images; returns
-    ``model`` in eval mode. Deterministic for a given ``seed``.
+def calibrate_batch_norm(model: nn.Module, input_size: tuple[int, int], *, batch=8, seed=0,
+                         images: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
+    """Set the running statistics of every BN layer from one batch of Gaussian images (or of
+    ``images``, NCHW); returns ``model`` in eval mode. Deterministic for a given ``seed``.
 
     BN layers after global pooling see one value per image, hence a batch of 8: a variance
     estimated from 2 values can be near zero. Channels that are almost never active on the batch
@@ -31,7 +32,8 @@ def calibrate_batch_norm(model: nn.Module, input_size: tuple[int, int], *, batch
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
-    images = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(seed))
+    if images is None:
+        images = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(seed))
     model.train()
     with torch.no_grad():
         model(images)
