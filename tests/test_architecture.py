@@ -1,4 +1,4 @@
-"""The package's shape, kept as the README's "Layout" describes it: no import cycles (imports
+"""The package's shape, kept as docs/layout.md describes it: no import cycles (imports
 inside functions included: they only hide a loop), a small package root, heavy dependencies
 imported where they are used."""
 
