@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Installs segdeploy with its compiled kernels and every extra (torch is pinned in pyproject.toml).
 install: $(BIN)/python
-	$(BIN)/pip install -q ".[export,ort,plot,rtx,dev]"
+	$(BIN)/pip install -q ".[export,ort,plot,rtx,serve,dev]"
 
 demo: install
 	$(BIN)/segdeploy export --model deeplabv3plus --input-size 512 512 --output $(OUT)/deeplabv3plus

@@ -44,10 +44,17 @@ benchmark=(python3 benchmarks/crf.py --repeats 3 --gpu-profile --json "$OUT/crf_
 [ -n "${CRF_BENCH_SKIP_CPU:-}" ] && benchmark+=(--skip-cpu)
 step benchmark "${benchmark[@]}"
 cat "$OUT/benchmark.log"
+# The fused upsample + argmax against torch's interpolate + argmax (the kernel alone without torch).
+head_benchmark=(python3 benchmarks/head_gpu.py --json "$OUT/head_gpu_benchmark.json")
+python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || head_benchmark+=(--fused-only)
+step head-benchmark "${head_benchmark[@]}"
+cat "$OUT/head-benchmark.log"
 step pytest python3 -m pytest tests/test_crf.py tests/test_crf_onnx.py -v -p no:cacheprovider -rs
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck initcheck racecheck synccheck; do  # racecheck, synccheck: shared memory, barriers
     step "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/kernels/test_densecrf"
+    step "sanitizer-$tool-head" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+      "$BUILD/kernels/test_upsample_argmax_cuda"
   done
 fi
 if command -v nsys >/dev/null; then  # time per kernel, for tuning

@@ -11,7 +11,7 @@ commands need no options at all.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -22,6 +22,9 @@ from .manifest import MANIFEST_NAME, new_manifest, read_manifest, resolve_artifa
 from .onnx_io import default_opset, elem_type, graph_inputs, load_onnx, tensor_dims
 from .outputs import ACTIVATION_OPS, KINDS, Head
 from .preprocess import COLORS, input_spec
+
+#: Integer element types a label-map output may have (int64 only from graphs made elsewhere).
+LABEL_TYPES = (onnx.TensorProto.UINT8, onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 
 #: Size at which a graph is run once when its output's channel count cannot be read from it.
 PROBE_SIZE = (64, 64)
@@ -60,6 +63,8 @@ class GraphFacts:
     opset: int | None
     fp16_weight_casts: int  # float16 initializers that feed a Cast to float32
     weight_dtypes: dict
+    #: Outputs that are label maps already (integer, (N, H, W)): name -> numpy dtype name.
+    label_outputs: dict = field(default_factory=dict)
 
     @property
     def fixed_size(self) -> tuple[int, int] | None:
@@ -91,9 +96,13 @@ def read_graph(onnx_path: Path, model: onnx.ModelProto, probe_size: tuple[int, i
     shaped = _with_shapes(model)
     producers = {out: node for node in shaped.graph.node for out in node.output}
     outputs = [o.name for o in shaped.graph.output]
-    output_channels = {}
+    output_channels, label_outputs = {}, {}
     for value in shaped.graph.output:
         out_dims = tensor_dims(value)
+        if elem_type(value) in LABEL_TYPES and len(out_dims) == 3:  # a deployment head's label map (N, H, W)
+            label_outputs[value.name] = onnx.helper.tensor_dtype_to_np_dtype(elem_type(value)).name
+            output_channels[value.name] = 1
+            continue
         output_channels[value.name] = out_dims[1] if len(out_dims) == 4 and isinstance(out_dims[1], int) else None
     if None in output_channels.values():
         output_channels.update(_probe_channels(onnx_path, image.name, dims, probe_size))
@@ -103,7 +112,8 @@ def read_graph(onnx_path: Path, model: onnx.ModelProto, probe_size: tuple[int, i
         name = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
         dtypes[name] = dtypes.get(name, 0) + 1
     return GraphFacts(image.name, dims, channels, outputs, output_channels,
-                      {o: _activation(o, producers) for o in outputs}, default_opset(model), casts, dtypes)  # fmt: skip
+                      {o: _activation(o, producers) for o in outputs}, default_opset(model), casts, dtypes,
+                      label_outputs)  # fmt: skip
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -120,6 +130,7 @@ def _activation(output: str, producers: dict) -> str:
     while node is not None and node.op_type in ("Identity", "Cast", "Reshape", "Resize", "Upsample"):
         node = producers.get(node.input[0])
     return ACTIVATION_OPS.get(node.op_type, "none") if node is not None else "none"
+
 
 
 def _probe_channels(onnx_path: Path, input_name: str, dims: list, probe_size) -> dict:
@@ -194,13 +205,18 @@ def describe_onnx(onnx_path: str | os.PathLike, options: ModelOptions = ModelOpt
     prediction = options.output or facts.outputs[0]
     if prediction not in facts.outputs:
         raise BadInputError(f"{onnx_path}: no output named {prediction!r}; its outputs are {', '.join(facts.outputs)}")
-    head = _head(onnx_path, facts, prediction, options)
-    out_channels = facts.output_channels.get(prediction)
-    classes = list(options.classes) if options.classes else _default_classes(head, out_channels)
-    if out_channels and head.kind == "multiclass" and len(classes) != out_channels:
-        raise BadInputError(f"{onnx_path}: {len(classes)} class names given for output {prediction!r} with {out_channels} channels")
     side = [o for o in facts.outputs if o != prediction]
-    output = {"name": prediction, "dtype": "float32", "layout": "NCHW", "all": facts.outputs, **head.to_manifest(),
+    if prediction in facts.label_outputs:
+        head, classes = _labels_head(onnx_path, prediction, options, need_normalisation)
+        layout = {"dtype": facts.label_outputs[prediction], "layout": "NHW"}
+    else:
+        head = _head(onnx_path, facts, prediction, options)
+        out_channels = facts.output_channels.get(prediction)
+        classes = list(options.classes) if options.classes else _default_classes(head, out_channels)
+        if out_channels and head.kind == "multiclass" and len(classes) != out_channels:
+            raise BadInputError(f"{onnx_path}: {len(classes)} class names given for output {prediction!r} with {out_channels} channels")
+        layout = {"dtype": "float32", "layout": "NCHW"}
+    output = {"name": prediction, **layout, "all": facts.outputs, **head.to_manifest(),
               "side_outputs": side, "drop_side_outputs": bool(options.drop_side_outputs and side)}  # fmt: skip
     onnx_section = {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "bytes": onnx_path.stat().st_size,
                     "opset": facts.opset, "precision": _precision(facts), "target": None}  # fmt: skip
@@ -241,6 +257,21 @@ def _head(onnx_path: Path, facts: GraphFacts, prediction: str, options: ModelOpt
     if options.kind == "multiclass" and channels == 1:
         raise BadInputError(f"{onnx_path}: output {prediction!r} has one channel: it can only be read as binary")
     return Head.detect(1 if options.kind == "binary" else 2, head.activation, options.threshold)
+
+
+def _labels_head(onnx_path: Path, prediction: str, options: ModelOptions, need_classes: bool) -> tuple[Head, list[str]]:
+    """An output that is a label map already: read as it is; only ``--classes`` can say how many classes it has."""
+    binary = options.kind == "binary"
+    if options.classes:
+        classes = list(options.classes)
+    elif binary:
+        classes = ["background", "foreground"]
+    elif need_classes:
+        raise BadInputError(f"{onnx_path}: output {prediction!r} is a label map (class ids, N x H x W); the graph cannot "
+                            "say how many classes there are: give --classes FILE (one name per line)")
+    else:
+        classes = []
+    return Head("binary" if binary else "multiclass", form="labels"), classes
 
 
 def _default_classes(head: Head, channels: int | None) -> list[str]:

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 import platform
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .crf import CRFParams, dense_crf
 from .crf.onnx_node import append_crf_node
 from .errors import BadInputError, SegdeployError, VerificationError
 from .fileio import atomic_path, sha256_file
+from .head.artifact import build_head, check_head_request
 from .lint import errors, lint_onnx, lint_report
 from .manifest import MANIFEST_NAME, ONNX_NAME, default_class_names, new_manifest, onnx_file_section, write_manifest
 from .models.loading import build_model
@@ -44,10 +46,13 @@ class ExportResult:
     lint: list = field(default_factory=list)
     #: With a CRF: ONNX Runtime's CRF graph against PyTorch's logits refined by the CPU kernel.
     crf_parity: ParityResult | None = None
+    #: With a deployment head (``--head``): the head graph against the gated scores graph, per shape.
+    head_parity: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.parity) and (self.crf_parity is None or self.crf_parity.passed)
+        return (all(r.passed for r in self.parity) and (self.crf_parity is None or self.crf_parity.passed)
+                and all(p.passed for p in self.head_parity))
 
 
 def _noop_progress(message: str) -> None:
@@ -68,6 +73,8 @@ def export_model(
     class_names: list[str] | None = None,
     seed: int = 0,
     crf: dict | None = None,
+    head: str = "logits",
+    fused: bool = False,
     progress=_noop_progress,
 ) -> ExportResult:
     """Export ``model_name`` to ``output_dir/model.onnx`` + ``manifest.json`` and run the parity gate.
@@ -79,10 +86,18 @@ def export_model(
     appends a DenseCRF node after the logits: the graph then also takes the uint8 RGB picture
     (input ``image``, N×H×W×3) and returns ``probabilities`` and int32 ``labels``.
 
+    ``head`` (``logits``, ``probabilities`` or ``labels``; ``fused`` for the fused upsample +
+    argmax) is appended once the scores graph has passed the gate, and checked against it
+    (``segdeploy.head.artifact.build_head``); the manifest's ``head`` section records it.
+
     Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
     when the ONNX graph does not reproduce PyTorch within ``thresholds``.
     """
     profile = get_target(target)
+    check_head_request(head, fused, profile)
+    if crf is not None and fused:
+        raise BadInputError("--crf with --fused: the dense CRF refines the full-resolution scores that the fused upsample + "
+                            "argmax never writes; use --crf --head labels (the CRF's own labels) without --fused")
     opset = opset or profile.opset
     exporter = profile.exporter_for(opset)
 
@@ -112,18 +127,27 @@ def export_model(
         output_names, channels = _export_onnx(model, tmp_onnx, height, width, opset, exporter)
         export_seconds = time.perf_counter() - started
         # The first output is the prediction; one channel is a binary logit head (threshold 0).
-        prediction, head = output_names[0], Head.detect(channels)
+        prediction, scores_head = output_names[0], Head.detect(channels)
 
         progress("checking parity with PyTorch at two shapes")
         shapes = parity_shapes(height, width, multiple, spec.valid_input_size if spec else None)
-        results = _run_parity(model, tmp_onnx, output_names, shapes, spec_in, thresholds, prediction, head)
-        output = {"name": prediction, "dtype": "float32", "layout": "NCHW", "all": output_names, **head.to_manifest()}
+        results = _run_parity(model, tmp_onnx, output_names, shapes, spec_in, thresholds, prediction, scores_head)
+        output = {"name": prediction, "dtype": "float32", "layout": "NCHW", "all": output_names, **scores_head.to_manifest()}
         crf_section = None
         if crf is not None:
+            # The CRF reads the logits and is the head: its probabilities (logits, probabilities) or its labels alone.
             progress("appending the dense CRF and checking it")
-            crf_section = _append_crf(model, tmp_onnx, spec_in, crf, shapes[0], thresholds)
-            output = {"name": "probabilities", "dtype": "float32", "layout": "NCHW", "all": ["probabilities", "labels"],
-                      **Head("multiclass", "softmax").to_manifest()}
+            crf_section = _append_crf(model, tmp_onnx, spec_in, crf, shapes[0], thresholds, labels_only=head == "labels")
+            output = crf_output_section(head == "labels", num_classes)
+        head_section, head_parity = None, []
+        if head != "logits" and crf is None and all(r.passed for r in results):
+            manifest_so_far = {"input": spec_in, "output": output, "classes": class_names or default_class_names(num_classes),
+                               "model": {"output_stride": multiple}}
+            with tempfile.TemporaryDirectory(prefix=".segdeploy-head-", dir=tmp_onnx.parent) as work:
+                built = build_head(tmp_onnx, manifest_so_far, head, Path(work), fused=fused, shapes=shapes,
+                                   thresholds=thresholds, progress=progress)
+                os.replace(built.path, tmp_onnx)
+            output, head_section, head_parity = built.output, built.section, built.parity
         progress(f"linting for target {profile.name}")
         findings = lint_onnx(tmp_onnx, profile)
         manifest = new_manifest(
@@ -148,6 +172,7 @@ def export_model(
                 export_seconds=round(export_seconds, 3),
             ),
             crf=crf_section,
+            head=head_section,
             dynamic_axes={"batch": 0, "height": 2, "width": 3},
             lint=lint_report(findings, profile.name),
             parity={
@@ -163,7 +188,7 @@ def export_model(
     crf_parity = None
     if crf_section:
         crf_parity = ParityResult.from_json(crf_section["parity"])
-    result = ExportResult(onnx_path, manifest_path, manifest, results, findings, crf_parity)
+    result = ExportResult(onnx_path, manifest_path, manifest, results, findings, crf_parity, head_parity)
     lint_errors = errors(findings)
     if lint_errors:
         raise VerificationError(
@@ -171,6 +196,10 @@ def export_model(
             + "; ".join(str(f) for f in lint_errors[:5])
         )
     if not result.passed:
+        failed_head = next((p for p in head_parity if not p.passed), None)
+        if failed_head is not None and all(r.passed for r in results):
+            raise VerificationError(f"{onnx_path}: the {head} head does not reproduce the scores graph: "
+                                    f"{failed_head.describe()}; limits: {thresholds.describe()}; the manifest records it")
         failed = next(r for r in [*results, *([crf_parity] if crf_parity else [])] if not r.passed)
         raise VerificationError(
             f"{onnx_path}: parity gate failed at shape {list(failed.shape)}: {failed.failed_output.describe()}; "
@@ -247,9 +276,14 @@ def _name_dynamic_axes(path: Path, dims: dict[int, str]) -> None:
     onnx.save(model, str(path))
 
 
-def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, thresholds: Thresholds) -> dict:
+def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, thresholds: Thresholds,
+                labels_only: bool = False) -> dict:
     """Append the DenseCRF node to the ONNX file; check ONNX Runtime's CRF graph against
-    PyTorch's logits refined by segdeploy's CPU kernel, at ``shape``."""
+    PyTorch's logits refined by segdeploy's CPU kernel, at ``shape``.
+
+    ``labels_only`` (``--head labels``): the graph's prediction is the CRF's labels alone, uint8
+    when the classes fit (``append_crf_node``); the check reads the probabilities too, from a copy
+    of the graph that also outputs them, and the labels must agree with the kernel's."""
     import onnx
     import torch
 
@@ -258,18 +292,46 @@ def _append_crf(model, onnx_path: Path, spec_in: dict, crf_params: dict, shape, 
     if unknown:
         raise BadInputError(f"unknown CRF parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     params = CRFParams(**crf_params)
-    onnx.save(append_crf_node(onnx.load(str(onnx_path)), **dataclasses.asdict(params)), str(onnx_path))
+    with_crf = append_crf_node(onnx.load(str(onnx_path)), labels_only=labels_only, **dataclasses.asdict(params))
+    onnx.save(with_crf, str(onnx_path))
+    checked = onnx_path
+    if labels_only:  # the probabilities stay inside the graph: a copy outputs them for the check
+        checked = onnx_path.with_name(f"{onnx_path.stem}-crf-check.onnx")
+        with_crf.graph.output.append(onnx.helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, None))
+        onnx.save(with_crf, str(checked))
 
     section = {"params": dataclasses.asdict(params), "image_input": "image", "image_layout": "hwc"}
     feed = sample_feed(shape, {"input": spec_in, "crf": section})
     with torch.inference_mode():
         logits = model(torch.from_numpy(feed[spec_in["name"]]))
     logits = (logits[0] if isinstance(logits, (tuple, list)) else logits).numpy()
-    expected = dense_crf(logits, feed["image"], params, output="probabilities")
-    with OnnxrtRunner.from_artifact(onnx_path, {"crf": section}) as runner:
-        actual = runner.infer(feed)["probabilities"]
-    section["parity"] = compare_outputs(expected, actual, thresholds, input_shape=shape, name="probabilities").to_json()
+    expected, expected_labels = dense_crf(logits, feed["image"], params)
+    try:
+        with OnnxrtRunner.from_artifact(checked, {"crf": section}) as runner:
+            actual = runner.infer(feed)
+    finally:
+        if checked != onnx_path:
+            checked.unlink()
+    parity = compare_outputs(expected, actual["probabilities"], thresholds, input_shape=shape, name="probabilities")
+    section["parity"] = parity.to_json()
+    if labels_only:
+        agreement = float((actual["labels"] == expected_labels).mean())
+        section["labels"] = {"dtype": str(actual["labels"].dtype), "agreement": agreement}
+        if agreement < thresholds.min_agreement:
+            section["parity"]["passed"] = False
     return section
+
+
+def crf_output_section(labels_only: bool, classes: int) -> dict:
+    """The manifest's ``output`` section of a graph ending in the DenseCRF node: its probabilities
+    (and int32 labels), or with ``labels_only`` its labels alone (a ``labels`` head)."""
+    if not labels_only:
+        return {"name": "probabilities", "dtype": "float32", "layout": "NCHW", "all": ["probabilities", "labels"],
+                **Head("multiclass", "softmax").to_manifest()}
+    from .head.graph import label_dtype_name
+
+    return {"name": "labels", "dtype": label_dtype_name(classes), "layout": "NHW", "all": ["labels"],
+            **Head("multiclass", form="labels").to_manifest()}
 
 
 def _run_parity(model, onnx_path: Path, output_names, shapes, spec_in: dict, thresholds: Thresholds, prediction: str,

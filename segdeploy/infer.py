@@ -2,7 +2,9 @@
 
 Predictions come back at each sample's own size. How the prediction output is read is the
 manifest's (``outputs.Head``): the argmax over channels for a multi-class output, one channel
-thresholded for a binary one, whose probability map (the soft matte) comes back too.
+thresholded for a binary one, whose probability map (the soft matte) comes back too. A graph with
+the ``labels`` deployment head hands back the label map itself ((N, H, W) uint8 or int32): no
+argmax on the host, and a binary one has no probability, so no matte.
 
 Inputs: pictures (RGB/BGR/GRAY models; files are read as RGB and ``preprocess.normalize``
 converts them), or, for a "tensor" input (depth, multispectral bands), ``.npy`` files holding
@@ -40,9 +42,10 @@ class Prediction:
     path: Path
     #: uint8 RGB (H, W, 3) for pictures; None for tensor samples (there is no picture to show).
     image: np.ndarray | None
-    labels: np.ndarray  # uint8 class ids (H, W); 0/1 for a binary head
+    labels: np.ndarray  # class ids (H, W), uint8 (int32 past 255); 0/1 for a binary head
     head: Head
-    #: Binary heads: the foreground probability (H, W) float32, resized bilinearly; else None.
+    #: Binary heads with scores: the foreground probability (H, W) float32, resized bilinearly; else None
+    #: (a ``labels`` head outputs no probability).
     probability: np.ndarray | None = None
 
 
@@ -60,8 +63,8 @@ def predict_files(artifact, paths, backend: str = "ort", size: tuple[int, int] |
     with make_runner(backend, onnx_path, manifest) as runner:
         for path in map(Path, paths):
             sample = load_sample(path, manifest["input"])
-            scores = predict_logits(runner, manifest, sample, size)
-            yield prediction_at(Path(path), sample, scores, head)
+            output = predict_output(runner, manifest, sample, size)
+            yield prediction_at(Path(path), sample, output, head)
 
 
 def segment_files(artifact, images, backend: str = "ort", size: tuple[int, int] | None = None,
@@ -71,13 +74,14 @@ def segment_files(artifact, images, backend: str = "ort", size: tuple[int, int] 
         yield p.path, p.image, p.labels
 
 
-def prediction_at(path: Path, sample: np.ndarray, scores: np.ndarray, head: Head) -> Prediction:
-    """The :class:`Prediction` of network ``scores`` (C, h, w) for ``sample`` (picture or tensor)."""
+def prediction_at(path: Path, sample: np.ndarray, output: np.ndarray, head: Head) -> Prediction:
+    """The :class:`Prediction` of the network's prediction ``output`` for ``sample`` (picture or tensor):
+    scores (C, h, w), or the label map (h, w) of a ``labels`` head."""
     shape = sample_shape(sample)
-    labels = labels_at(head.labels(scores[None])[0], shape)
+    labels = labels_at(head.labels(output[None])[0], shape)
     probability = None
-    if head.kind == "binary":
-        probability = resize_channels(head.probabilities(scores[None])[0], *shape)[0]
+    if head.kind == "binary" and head.has_scores:
+        probability = resize_channels(head.probabilities(output[None])[0], *shape)[0]
     return Prediction(path, sample if sample.dtype == np.uint8 else None, labels, head, probability)
 
 
@@ -142,9 +146,10 @@ def network_size(spec: dict, shape: tuple[int, int], size: tuple[int, int] | Non
     return tuple(max(multiple, int(round(s / multiple)) * multiple) for s in shape)
 
 
-def predict_logits(runner, manifest: dict, sample: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """The network's scores (C, h, w) for one sample (uint8 RGB picture or float32 (C, H, W) tensor), fed at
-    ``network_size``; the prediction is the manifest's ``output.name``, whatever else the graph returns."""
+def predict_output(runner, manifest: dict, sample: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The network's prediction for one sample (uint8 RGB picture or float32 (C, H, W) tensor), fed at
+    ``network_size``: scores (C, h, w), or (h, w) class ids for a ``labels`` head, as the graph gives them.
+    The prediction is the manifest's ``output.name``, whatever else the graph returns."""
     spec_in = manifest["input"]
     height, width = network_size(spec_in, sample_shape(sample), size)
     if sample.dtype == np.uint8:
@@ -171,8 +176,10 @@ def resize_channels(array_chw: np.ndarray, height: int, width: int) -> np.ndarra
 
 
 def labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """uint8 class ids resized (nearest: ids are never blended) to ``shape`` (H, W)."""
-    labels = labels.astype(np.uint8)
+    """Class ids resized (nearest: ids are never blended) to ``shape`` (H, W): uint8, or int32 when an id
+    exceeds 255 (a model of more than 255 classes, whose labels head outputs int32)."""
+    fits_uint8 = labels.size == 0 or (int(labels.min()) >= 0 and int(labels.max()) <= 255)
+    labels = labels.astype(np.uint8 if fits_uint8 else np.int32, copy=False)
     if labels.shape == tuple(shape):
         return labels
     return np.asarray(Image.fromarray(labels).resize((shape[1], shape[0]), Image.NEAREST))
@@ -180,8 +187,8 @@ def labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def write_prediction(out_dir: str | os.PathLike, prediction: Prediction) -> dict:
     """Write ``STEM_mask.png`` (palette PNG of class ids; binary: 0 black, 1 white), ``STEM_overlay.png``
-    (pictures only) and, for a binary head, ``STEM_matte.png`` (8-bit grey probability); returns the paths
-    (None where not written)."""
+    (pictures only) and, for a binary head with scores, ``STEM_matte.png`` (8-bit grey probability); returns
+    the paths (None where not written: see :func:`no_matte_reason`)."""
     out_dir = Path(out_dir)
     stem = prediction.path.stem
     binary = prediction.head.kind == "binary"
@@ -198,6 +205,15 @@ def write_prediction(out_dir: str | os.PathLike, prediction: Prediction) -> dict
         with atomic_path(files["matte"]) as tmp:
             Image.fromarray(matte(prediction.probability)).save(tmp, format="PNG")
     return files
+
+
+def no_matte_reason(head: Head) -> str | None:
+    """Why a binary model's prediction has no matte (its graph outputs the label map only); None when it has one
+    or is multi-class."""
+    if head.kind != "binary" or head.has_scores:
+        return None
+    return ("no matte: the model outputs labels only (deployment head 'labels'), not the foreground probability; "
+            "use an artifact with --head logits or --head probabilities for the matte")
 
 
 def matte(probability: np.ndarray) -> np.ndarray:

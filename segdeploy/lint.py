@@ -6,9 +6,10 @@
 * ``unsupported-op``: ops TensorRT's ONNX parser has no importer for (MaxUnpool, the
   ``*Integer``/``QLinear*`` ops, sequences, ...), MaxPool's ``Indices`` output, ops of another
   domain (ONNX Runtime's ``com.microsoft`` contrib ops);
-* ``custom-op``: segdeploy's own nodes (the ``DenseCRF`` node of :mod:`segdeploy.crf`),
-  which TensorRT runs through segdeploy's plugin library (an IPluginV3, where the release has
-  them) and ONNX Runtime through onnxruntime-extensions;
+* ``custom-op``: segdeploy's own nodes (the ``DenseCRF`` node of :mod:`segdeploy.crf`, the fused
+  ``UpsampleArgmax`` of :mod:`segdeploy.head`), which TensorRT runs through segdeploy's plugin
+  library (an IPluginV3, where the release has them; never on DLA) and ONNX Runtime through
+  onnxruntime-extensions;
 * ``resize``: Resize attributes outside what the parser implements (coordinate mode,
   nearest mode, mode, antialias, aspect-ratio policy);
 * ``int64-output``: INT64 graph outputs (an ArgMax head): older releases have no INT64 I/O and
@@ -35,6 +36,7 @@ import onnx
 
 from .backend.trt.releases import FEATURES, Release
 from .crf.onnx_node import CRF_DOMAIN, CRF_OP_TYPE
+from .head import onnx_node as head_node
 from .onnx_io import ONNX_DOMAINS, load_onnx, open_artifact
 from .precision.int8 import tensorrt_qdq_violations
 from .targets import Target, get_target
@@ -98,7 +100,8 @@ def errors(findings: list[Finding]) -> list[Finding]:
 
 def custom_ops() -> dict[tuple[str, str], str]:
     """(domain, op type) -> description of segdeploy's custom nodes, which TensorRT runs as plugins."""
-    return {(CRF_DOMAIN, CRF_OP_TYPE): "segdeploy's dense CRF"}
+    return {(CRF_DOMAIN, CRF_OP_TYPE): "segdeploy's dense CRF",
+            (head_node.DOMAIN, head_node.OP_TYPE): "segdeploy's fused upsample + argmax"}
 
 
 def custom_nodes(model) -> list:
@@ -172,7 +175,7 @@ def _check_domains(model, names, target: Target) -> list[Finding]:
             release = Release.of_target(target)
             if release is None:
                 found.append(Finding("info", "custom-op", f"{known[node.domain, op]}: ONNX Runtime runs it through "
-                                     "onnxruntime-extensions (segdeploy.crf.register_crf_ort)", name, op))
+                                     "onnxruntime-extensions (segdeploy's Python op, registered by its runner)", name, op))
             elif not release.has("ipluginv3"):
                 found.append(Finding("error", "custom-op", f"{known[node.domain, op]} needs segdeploy's TensorRT "
                                      f"plugin, an IPluginV3 (TensorRT >= {FEATURES['ipluginv3'].first}); target "
@@ -301,8 +304,13 @@ def _check_dla(model, names, target: Target, gpu_fallback: bool) -> list[Finding
         found.append(Finding("warning", "dla", f"target {target.name} is a desktop/server GPU: DLA exists on Jetson "
                                                "(Xavier, Orin) only"))
     fallback = "error" if not gpu_fallback else "warning"
+    plugins = custom_ops()
     for node, name in zip(model.graph.node, names):
-        if node.domain not in ONNX_DOMAINS or node.op_type not in DLA_OPS:
+        if (node.domain, node.op_type) in plugins:
+            found.append(Finding(fallback, "dla-op", f"{plugins[node.domain, node.op_type]} is a TensorRT plugin: DLA "
+                                 "runs no plugins, so it " + ("runs on the GPU (GPU fallback)" if gpu_fallback else
+                                                              "fails the build without --gpu-fallback"), name, node.op_type))
+        elif node.domain not in ONNX_DOMAINS or node.op_type not in DLA_OPS:
             found.append(Finding(fallback, "dla-op", "DLA cannot run this op: it " + (
                 "runs on the GPU (GPU fallback)" if gpu_fallback else "fails the build without --gpu-fallback"),
                 name, node.op_type))

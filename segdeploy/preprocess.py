@@ -50,11 +50,16 @@ def input_spec(height: int, width: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, si
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3); grey, RGBA, palette and 16-bit images are converted."""
+    return decode_image(Path(path), str(path))
+
+
+def decode_image(source, what: str = "image") -> np.ndarray:
+    """``source`` (a path, or an open binary file such as ``io.BytesIO(encoded)``) as uint8 RGB (H, W, 3),
+    converted as :func:`load_image` says; ``what`` names it in the error."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit: scale the full range down to 8 bits rather than clipping.
@@ -65,9 +70,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             # Grey, palette and alpha images: drop alpha, expand to three channels.
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
-        raise BadInputError(f"{path}: no such image file") from None
+        raise BadInputError(f"{what}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a readable image ({exc})") from None
+        raise BadInputError(f"{what}: not a readable image ({exc})") from None
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -51,6 +51,10 @@ each with ``calib`` (a folder: ``images/scene_NNNN.npy``, 16 samples, no masks),
 
 ``binary_folders`` (session): ``val``: ``images/`` (RGB PNGs) and ``masks/`` with 0 = background,
 1 = foreground (any shape), 8 scenes (seed 8), for the binary and u2net models.
+
+``emulated_cuda_library`` (session): the kernels library built with its CUDA drivers run on the host
+(kernels/tests/cuda_emulation.h), ``libsegdeploy_kernels_emulated_cuda.so``; point
+``SEGDEPLOY_KERNELS_LIB`` at it in a subprocess. Skips without cmake, a C++ compiler or CUDA's headers.
 """
 
 from __future__ import annotations
@@ -103,6 +107,28 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"built  {line}")
         for line in FAILED:
             terminalreporter.write_line(f"FAILED {line}")
+
+
+@pytest.fixture(scope="session")
+def emulated_cuda_library(tmp_path_factory) -> Path:
+    import shutil
+    import subprocess
+
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("cmake or a C++ compiler is not installed")
+    if shutil.which("nvcc") is None:
+        pytest.skip("the CUDA toolkit (its headers) is not installed")
+    root = Path(__file__).resolve().parents[1]
+    build = tmp_path_factory.mktemp("emulated_cuda")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    for command in (
+        ["cmake", "-S", str(root), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+         "-DSEGDEPLOY_WITH_CUDA=OFF", "-DSEGDEPLOY_BUILD_TESTS=ON"],
+        ["cmake", "--build", str(build), "-j", "2", "--target", "segdeploy_kernels_emulated_cuda"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return build / "kernels" / "libsegdeploy_kernels_emulated_cuda.so"
 
 
 def _cache_dir(request, tmp_path_factory, name: str) -> Path:

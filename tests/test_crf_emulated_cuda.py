@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,21 +30,8 @@ GOLDEN_DIGESTS = {
 
 
 @pytest.fixture(scope="module")
-def emulated_library(tmp_path_factory) -> Path:
-    if shutil.which("cmake") is None or shutil.which("c++") is None:
-        pytest.skip("cmake or a C++ compiler is not installed")
-    if shutil.which("nvcc") is None:
-        pytest.skip("the CUDA toolkit (its headers) is not installed")
-    build = tmp_path_factory.mktemp("emulated_cuda")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    for command in (
-        ["cmake", "-S", str(ROOT), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-         "-DSEGDEPLOY_WITH_CUDA=OFF", "-DSEGDEPLOY_BUILD_TESTS=ON"],
-        ["cmake", "--build", str(build), "-j", "2", "--target", "segdeploy_kernels_emulated_cuda"],
-    ):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return build / "kernels" / "libsegdeploy_kernels_emulated_cuda.so"
+def emulated_library(emulated_cuda_library) -> Path:
+    return emulated_cuda_library  # built once per session (conftest.py)
 
 
 def run_python(library: Path, *args: str) -> subprocess.CompletedProcess:

@@ -46,3 +46,16 @@ def test_trained_fixture_fp16_and_int8_artifacts_build(fixture_artifact, image_f
         manifest = build_rtx(artifact, tmp_path / f"rtx_{precision}", f"fixture {precision}")
         assert manifest["precision"] == precision
         assert manifest["reference_onnx"]["sha256"]  # verify finds the FP32 parent on an RTX GPU
+
+
+def test_trained_fixture_probabilities_and_labels_heads_build(fixture_artifact, tmp_path):
+    """The deployment heads as TensorRT for RTX builds them: a uint8 label map straight out of ArgMax -> Cast
+    (TensorRT has no int64 output; uint8 as a graph output it takes), float32 probabilities after a Softmax."""
+    from segdeploy.head.artifact import apply_head
+
+    for head_name, dtype, shape in (("probabilities", "float32", [-1, 6, -1, -1]), ("labels", "uint8", [-1, -1, -1])):
+        artifact = apply_head(fixture_artifact, head_name, output_dir=tmp_path / head_name).output_dir
+        manifest = build_rtx(artifact, tmp_path / f"rtx_{head_name}", f"fixture {head_name} head ({dtype} output)")
+        (output,) = [t for t in manifest["io"] if t["mode"] == "output"]
+        assert (output["name"], output["dtype"], output["shape"]) == (head_name, dtype, shape)
+        assert manifest["output"]["head"] == head_name and manifest["output"]["dtype"] == dtype

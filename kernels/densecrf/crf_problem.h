@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../src/half.h"
 #include "../src/status_internal.h"
 #include "lattice_point.h"
 #include "segdeploy/densecrf.h"
@@ -27,34 +28,6 @@ inline int64_t pixel_count(const sd_crf_io& io) { return int64_t(io.height) * io
 // True when a kernel contributes: a zero weight (or no iteration) skips its lattice entirely.
 inline bool spatial_active(const sd_crf_params& p) { return p.iterations > 0 && p.spatial_weight != 0.0f; }
 inline bool bilateral_active(const sd_crf_params& p) { return p.iterations > 0 && p.bilateral_weight != 0.0f; }
-
-SD_HOST_DEVICE float half_to_float(uint16_t bits) {
-  const uint32_t sign = uint32_t(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  uint32_t mantissa = bits & 0x3ffu;
-  uint32_t out;
-  if (exponent == 0x1f) {
-    out = sign | 0x7f800000u | (mantissa << 13);  // inf / NaN
-  } else if (exponent != 0) {
-    out = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    out = sign;
-  } else {  // subnormal half: normalise it
-    int shift = 0;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      ++shift;
-    }
-    out = sign | (uint32_t(113 - shift) << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(out);
-#else
-  float value;
-  std::memcpy(&value, &out, sizeof value);
-  return value;
-#endif
-}
 
 SD_HOST_DEVICE float load_unary(const void* unary, int32_t dtype, int64_t index) {
   return dtype == SD_DTYPE_FLOAT16 ? half_to_float(static_cast<const uint16_t*>(unary)[index])

@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "../src/simd.h"
 #include "../src/status_internal.h"
 #include "../src/thread_pool.h"
 #include "crf_problem.h"
@@ -43,15 +44,11 @@ struct PhaseTimer {
 };
 
 // The hot loops are explicit SIMD through the vector types of GCC and Clang: a Block is one
-// native register (SSE/NEON: 4 floats, AVX: 8), and rows hold whole Blocks on every target.
-#if defined(__AVX__)
-constexpr int kBlockLanes = 8;
-#else
-constexpr int kBlockLanes = 4;
-#endif
+// native register (SSE/NEON: 4 floats, AVX: 8; src/simd.h), and rows hold whole Blocks on every target.
+constexpr int kBlockLanes = simd::kLanes;
 constexpr int kRowMultiple = 8;
-typedef float Block __attribute__((vector_size(kBlockLanes * sizeof(float))));
-typedef int32_t IntBlock __attribute__((vector_size(kBlockLanes * sizeof(int32_t))));
+using Block = simd::Floats;
+using IntBlock = simd::Ints;
 
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr std::align_val_t kRowAlignment{32};

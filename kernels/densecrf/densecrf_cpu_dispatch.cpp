@@ -1,6 +1,7 @@
 // sd_crf_cpu: validates, then runs the CPU driver built for the best instruction set available.
 #include <cstdlib>
 
+#include "../src/cpu_features.h"
 #include "../src/status_internal.h"
 #include "../src/thread_pool.h"
 #include "crf_problem.h"
@@ -10,18 +11,6 @@ namespace segdeploy::densecrf {
 namespace {
 
 int thread_count(int requested) { return requested > 0 ? requested : available_cores(); }
-
-// SEGDEPLOY_CPU_PORTABLE=1 selects the portable build (SSE here; what ARM CPUs such as Jetson's
-// run), so that tests on an x86-64 machine cover it too.
-bool cpu_has_x86_64_v3() {
-#if defined(SD_CPU_X86_64_V3)
-  const char* portable = std::getenv("SEGDEPLOY_CPU_PORTABLE");
-  if (portable != nullptr && portable[0] != '\0' && portable[0] != '0') return false;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
-}
 
 }  // namespace
 }  // namespace segdeploy::densecrf
@@ -33,7 +22,7 @@ extern "C" int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int 
     if (num_threads < 0) return segdeploy::invalid("num_threads must be >= 0 (0: all cores), got ", num_threads);
     const int threads = thread_count(num_threads);
 #if defined(SD_CPU_X86_64_V3)
-    if (cpu_has_x86_64_v3()) return x86_64_v3::run_cpu(*params, *io, threads);
+    if (segdeploy::cpu_has_x86_64_v3()) return x86_64_v3::run_cpu(*params, *io, threads);
 #endif
     return baseline::run_cpu(*params, *io, threads);
   });

@@ -11,11 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#  define SD_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#  define SD_HOST_DEVICE inline
-#endif
+#include "../src/host_device.h"
 
 namespace segdeploy::densecrf {
 

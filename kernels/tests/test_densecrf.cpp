@@ -13,24 +13,13 @@
 
 #include "segdeploy/cuda.h"
 #include "segdeploy/densecrf.h"
+#include "test_support.h"
 
 #ifdef SD_TEST_EMULATED_CUDA
 extern "C" int sd_emulated_graph_launches(void);  // tests/cuda_emulation.cpp
 #endif
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(condition, ...)                                             \
-  do {                                                                     \
-    if (!(condition)) {                                                    \
-      ++failures;                                                          \
-      std::fprintf(stderr, "%s:%d: expected %s: ", __FILE__, __LINE__, #condition); \
-      std::fprintf(stderr, __VA_ARGS__);                                   \
-      std::fprintf(stderr, "\n");                                          \
-    }                                                                      \
-  } while (0)
 
 // A small scene: left half dark red, right half light blue, a green square; the unary favours
 // the true class (0, 1, 2) with Gaussian noise (further classes get noise only).
@@ -91,18 +80,6 @@ Result run_cpu(const Scene& s, const sd_crf_params& p, const Adjust& adjust = {}
   r.error = sd_last_error();
   return r;
 }
-
-// Device memory holding a copy of `bytes` host bytes (or nothing).
-struct DeviceBuffer {
-  void* pointer = nullptr;
-  DeviceBuffer(size_t bytes, const void* host = nullptr) {
-    EXPECT(sd_cuda_malloc(bytes, &pointer) == SD_OK, "%s", sd_last_error());
-    if (host != nullptr) EXPECT(sd_cuda_memcpy(pointer, host, bytes) == SD_OK, "%s", sd_last_error());
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { sd_cuda_free(pointer); }
-};
 
 // sd_crf_cuda on device copies of the inputs that run_cpu would read (same scene, same `adjust`).
 Result run_cuda(const Scene& s, const sd_crf_params& p, const Adjust& adjust = {}, int32_t batch = 1,
@@ -286,19 +263,6 @@ void test_unary_conventions_agree() {
          max_difference(logits.probabilities, from_energy.probabilities));
   EXPECT(max_difference(logits.probabilities, from_probabilities.probabilities) < 1e-5f, "probabilities: %g",
          max_difference(logits.probabilities, from_probabilities.probabilities));
-}
-
-uint16_t float_to_half(float value) {  // round to nearest even; |value| < 2^-14 becomes 0
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  const uint32_t sign = (bits >> 16) & 0x8000u;
-  const int exponent = int((bits >> 23) & 0xff) - 127 + 15;
-  if (exponent <= 0) return uint16_t(sign);
-  uint32_t mantissa = bits & 0x7fffffu;
-  uint32_t half = sign | (uint32_t(exponent) << 10) | (mantissa >> 13);
-  const uint32_t rest = mantissa & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;
-  return uint16_t(half);
 }
 
 void test_layouts_dtypes_and_batches_agree() {
@@ -628,6 +592,5 @@ int main() {
   test_cuda_matches_cpu();
   test_cuda_repeated_calls_follow_the_data();
   test_cuda_calls_in_a_row_share_the_workspace();
-  if (failures == 0) std::printf("all dense CRF tests passed\n");
-  return failures == 0 ? 0 : 1;
+  return finish("dense CRF");
 }

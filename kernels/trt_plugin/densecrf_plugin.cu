@@ -13,21 +13,19 @@
 // "probabilities" | "neg_log_prob").
 //
 // Load the library with IPluginRegistry::loadLibrary (trtexec --dynamicPlugins=...), which
-// calls setLoggerFinder() and getCreators() below. The workspace comes from TensorRT, sized by
-// getWorkspaceSize for the largest shapes of the profile: the uint8 image, then sd_crf_cuda's
-// workspace, each at a multiple of 256 bytes. enqueue never waits for the stream.
+// calls setLoggerFinder() and getCreators() (plugin_library.cpp). The workspace comes from
+// TensorRT, sized by getWorkspaceSize for the largest shapes of the profile: the uint8 image, then
+// sd_crf_cuda's workspace, each at a multiple of 256 bytes. enqueue never waits for the stream.
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <exception>
 #include <string>
 #include <vector>
 
+#include "plugin_support.h"
 #include "segdeploy/densecrf.h"
 
 namespace segdeploy::trt {
@@ -36,40 +34,13 @@ namespace {
 using namespace nvinfer1;
 
 constexpr char kName[] = "DenseCRF";
-constexpr char kVersion[] = "1";
-constexpr char kNamespace[] = "";
 
-std::atomic<ILoggerFinder*> logger_finder{nullptr};  // given by TensorRT when it loads the library
-
-// Errors go to the logger of the engine or builder that called (stderr when there is none).
-void log_error(const std::string& what) {
-  ILoggerFinder* finder = logger_finder.load();
-  ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
-  const std::string message = "DenseCRF plugin: " + what;
-  if (logger != nullptr) logger->log(ILogger::Severity::kERROR, message.c_str());
-  else std::fprintf(stderr, "%s\n", message.c_str());
-}
-
-// Logs a failed CUDA call; true when it succeeded.
-bool cuda_ok(cudaError_t result, const char* what) {
-  if (result == cudaSuccess) return true;
-  log_error(std::string(what) + ": " + cudaGetErrorName(result) + " (" + cudaGetErrorString(result) + ")");
-  return false;
-}
+void log_error(const std::string& what) { trt::log_error(kName, what); }
+bool cuda_ok(cudaError_t result, const char* what) { return trt::cuda_ok(kName, result, what); }
 
 constexpr size_t kAlignment = 256;  // of each part of the workspace
 
 size_t align_up(size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
-
-// Elements of a tensor of these dims, or 0 when one is unknown (-1).
-size_t volume(const Dims& dims) {
-  size_t count = 1;
-  for (int32_t i = 0; i < dims.nbDims; ++i) {
-    if (dims.d[i] < 0) return 0;
-    count *= size_t(dims.d[i]);
-  }
-  return count;
-}
 
 // Whether the image's dims fit the logits' (N, C, H, W) as (N, H, W, 3) or as (N, 3, H, W); an
 // unknown dim (-1, at build time) fits anything. *hwc tells which (HWC when both fit).
@@ -119,47 +90,6 @@ int32_t unary_kind_code(const std::string& kind) {
   return SD_CRF_UNARY_LOGITS;
 }
 
-std::string field_error(const PluginField& field, const char* expected) {
-  return std::string("attribute ") + field.name + ": expected " + expected + ", got PluginFieldType " +
-         std::to_string(int(field.type)) + " of length " + std::to_string(field.length);
-}
-
-// The field's single number: a Narrow (what the ONNX parser and getFieldsToSerialize give), or a
-// Wide (kFLOAT64, kINT64) narrowed.
-template <typename Narrow, typename Wide>
-bool field_number(const PluginField& field, PluginFieldType narrow, PluginFieldType wide, const char* expected,
-                  Narrow* value, std::string* error) {
-  if (field.length == 1 && field.type == narrow) {
-    *value = *static_cast<const Narrow*>(field.data);
-  } else if (field.length == 1 && field.type == wide) {
-    *value = Narrow(*static_cast<const Wide*>(field.data));
-  } else {
-    *error = field_error(field, expected);
-    return false;
-  }
-  return true;
-}
-
-bool field_float(const PluginField& field, float* value, std::string* error) {
-  return field_number<float, double>(field, PluginFieldType::kFLOAT32, PluginFieldType::kFLOAT64, "one float", value,
-                                     error);
-}
-
-bool field_int(const PluginField& field, int32_t* value, std::string* error) {
-  return field_number<int32_t, int64_t>(field, PluginFieldType::kINT32, PluginFieldType::kINT64, "one int", value,
-                                        error);
-}
-
-// The field's text (kCHAR, with or without a trailing NUL: the parser's has one, ours has none).
-bool field_text(const PluginField& field, std::string* value, std::string* error) {
-  if (field.type != PluginFieldType::kCHAR || field.length < 0) {
-    *error = field_error(field, "a string");
-    return false;
-  }
-  *value = std::string(static_cast<const char*>(field.data), size_t(field.length)).c_str();  // up to a NUL
-  return true;
-}
-
 // The attributes in `fields` over the defaults; false (and *error) for a field of a wrong type.
 bool parse(const PluginFieldCollection* fields, Attributes* out, std::string* error) {
   Attributes a;
@@ -197,33 +127,13 @@ bool parse(const PluginFieldCollection* fields, Attributes* out, std::string* er
   return true;
 }
 
-class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild, public IPluginV3OneRuntime {
+class DenseCrfPlugin : public PluginV3<DenseCrfPlugin> {
  public:
-  explicit DenseCrfPlugin(Attributes attributes) : a_(std::move(attributes)) { describe_fields(); }
-  DenseCrfPlugin(const DenseCrfPlugin& other) : a_(other.a_) { describe_fields(); }
+  static constexpr PluginId kId{kName, "1", ""};
+  static constexpr int32_t kInputs = 2;
+  static constexpr DataType kOutputTypes[] = {DataType::kFLOAT, DataType::kINT32};  // probabilities, labels
 
-  IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override {
-    switch (type) {
-      case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-      case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-      case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;  // a capability of a later TensorRT that this plugin does not implement
-  }
-
-  IPluginV3* clone() noexcept override {
-    try {
-      return new DenseCrfPlugin(*this);
-    } catch (const std::exception&) {
-      return nullptr;
-    }
-  }
-
-  AsciiChar const* getPluginName() const noexcept override { return kName; }
-  AsciiChar const* getPluginVersion() const noexcept override { return kVersion; }
-  AsciiChar const* getPluginNamespace() const noexcept override { return kNamespace; }
-
-  int32_t getNbOutputs() const noexcept override { return 2; }
+  explicit DenseCrfPlugin(Attributes attributes) : a_(std::move(attributes)) {}
 
   int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
                           int32_t nbOutputs) noexcept override {
@@ -238,24 +148,10 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
     return workspace_bytes(in[0].max, in[1].max, &bytes) ? 0 : -1;
   }
 
-  bool supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-                                 int32_t nbOutputs) noexcept override {
-    if (nbInputs != 2 || nbOutputs != 2 || inOut[pos].desc.format != PluginFormat::kLINEAR) return false;
-    const DataType type = inOut[pos].desc.type;
-    switch (pos) {
-      case 0: return type == DataType::kFLOAT || type == DataType::kHALF;
-      case 1: return type == DataType::kFLOAT;  // a Cast of the uint8 image (TensorRT casts uint8 only)
-      case 2: return type == DataType::kFLOAT;
-      default: return type == DataType::kINT32;
-    }
-  }
-
-  int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const*,
-                             int32_t nbInputs) const noexcept override {
-    if (nbInputs != 2 || nbOutputs != 2) return -1;
-    outputTypes[0] = DataType::kFLOAT;
-    outputTypes[1] = DataType::kINT32;
-    return 0;
+  // Whether input `pos` may have this type.
+  static bool takes_input(int32_t pos, DataType type) {
+    if (pos == 0) return type == DataType::kFLOAT || type == DataType::kHALF;
+    return type == DataType::kFLOAT;  // a Cast of the uint8 image (TensorRT casts uint8 only)
   }
 
   int32_t getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t, DimsExprs* outputs,
@@ -274,8 +170,6 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
     size_t bytes = 0;
     return workspace_bytes(inputs[0].max, inputs[1].max, &bytes) ? bytes : 0;  // 0: configurePlugin failed
   }
-
-  int32_t onShapeChange(PluginTensorDesc const*, int32_t, PluginTensorDesc const*, int32_t) noexcept override { return 0; }
 
   int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void* workspace, cudaStream_t stream) noexcept override {
@@ -316,85 +210,41 @@ class DenseCrfPlugin : public IPluginV3, public IPluginV3OneCore, public IPlugin
     return status == SD_OK ? 0 : -1;
   }
 
-  IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
-
-  PluginFieldCollection const* getFieldsToSerialize() noexcept override { return &serialized_; }
-
- private:
-  void describe_fields() {
+  std::vector<PluginField> serialized_fields() const {
     const sd_crf_params& p = a_.params;
-    fields_ = {PluginField("spatial_weight", &p.spatial_weight, PluginFieldType::kFLOAT32, 1),
-               PluginField("spatial_theta", &p.spatial_theta, PluginFieldType::kFLOAT32, 1),
-               PluginField("bilateral_weight", &p.bilateral_weight, PluginFieldType::kFLOAT32, 1),
-               PluginField("bilateral_theta_xy", &p.bilateral_theta_xy, PluginFieldType::kFLOAT32, 1),
-               PluginField("bilateral_theta_rgb", &p.bilateral_theta_rgb, PluginFieldType::kFLOAT32, 1),
-               PluginField("iterations", &p.iterations, PluginFieldType::kINT32, 1),
-               PluginField("normalization", a_.normalization.c_str(), PluginFieldType::kCHAR,
-                           int32_t(a_.normalization.size())),
-               PluginField("unary_kind", a_.unary_kind.c_str(), PluginFieldType::kCHAR, int32_t(a_.unary_kind.size()))};
-    serialized_.nbFields = int32_t(fields_.size());
-    serialized_.fields = fields_.data();
-  }
-
-  Attributes a_;
-  std::vector<PluginField> fields_;
-  PluginFieldCollection serialized_{};
-};
-
-class DenseCrfPluginCreator : public IPluginCreatorV3One {
- public:
-  DenseCrfPluginCreator() {
-    for (const char* name : {"spatial_weight", "spatial_theta", "bilateral_weight", "bilateral_theta_xy",
-                             "bilateral_theta_rgb"})
-      fields_.emplace_back(name, nullptr, PluginFieldType::kFLOAT32, 1);
-    fields_.emplace_back("iterations", nullptr, PluginFieldType::kINT32, 1);
-    fields_.emplace_back("normalization", nullptr, PluginFieldType::kCHAR, 0);
-    fields_.emplace_back("unary_kind", nullptr, PluginFieldType::kCHAR, 0);
-    names_.nbFields = int32_t(fields_.size());
-    names_.fields = fields_.data();
-  }
-
-  AsciiChar const* getPluginName() const noexcept override { return kName; }
-  AsciiChar const* getPluginVersion() const noexcept override { return kVersion; }
-  AsciiChar const* getPluginNamespace() const noexcept override { return kNamespace; }
-  PluginFieldCollection const* getFieldNames() noexcept override { return &names_; }
-
-  IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
-    try {
-      Attributes attributes;
-      std::string error;
-      if (!parse(fc, &attributes, &error)) {
-        log_error(error);
-        return nullptr;
-      }
-      // Reject what the kernel would reject, at build time rather than at the first enqueue.
-      const sd_crf_io probe{reinterpret_cast<const void*>(1), SD_DTYPE_FLOAT32, unary_kind_code(attributes.unary_kind),
-                            reinterpret_cast<const uint8_t*>(1), SD_IMAGE_HWC, 1, 1, 1, 1,
-                            reinterpret_cast<float*>(1), nullptr};
-      if (sd_crf_validate(&attributes.params, &probe) != SD_OK) {
-        log_error(sd_last_error());
-        return nullptr;
-      }
-      return new DenseCrfPlugin(std::move(attributes));
-    } catch (const std::exception& error) {
-      log_error(error.what());
-      return nullptr;
-    }
+    return {PluginField("spatial_weight", &p.spatial_weight, PluginFieldType::kFLOAT32, 1),
+            PluginField("spatial_theta", &p.spatial_theta, PluginFieldType::kFLOAT32, 1),
+            PluginField("bilateral_weight", &p.bilateral_weight, PluginFieldType::kFLOAT32, 1),
+            PluginField("bilateral_theta_xy", &p.bilateral_theta_xy, PluginFieldType::kFLOAT32, 1),
+            PluginField("bilateral_theta_rgb", &p.bilateral_theta_rgb, PluginFieldType::kFLOAT32, 1),
+            PluginField("iterations", &p.iterations, PluginFieldType::kINT32, 1),
+            PluginField("normalization", a_.normalization.c_str(), PluginFieldType::kCHAR,
+                        int32_t(a_.normalization.size())),
+            PluginField("unary_kind", a_.unary_kind.c_str(), PluginFieldType::kCHAR, int32_t(a_.unary_kind.size()))};
   }
 
  private:
-  std::vector<PluginField> fields_;
-  PluginFieldCollection names_{};
+  Attributes a_;
 };
+
+// Whether the kernel takes these attributes (logged when not): what it would reject is rejected
+// at build time rather than at the first enqueue.
+bool accept(const Attributes& attributes) {
+  const sd_crf_io probe{reinterpret_cast<const void*>(1), SD_DTYPE_FLOAT32, unary_kind_code(attributes.unary_kind),
+                        reinterpret_cast<const uint8_t*>(1), SD_IMAGE_HWC, 1, 1, 1, 1,
+                        reinterpret_cast<float*>(1), nullptr};
+  if (sd_crf_validate(&attributes.params, &probe) != SD_OK) {
+    log_error(sd_last_error());
+    return false;
+  }
+  return true;
+}
 
 }  // namespace
-}  // namespace segdeploy::trt
 
-extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { segdeploy::trt::logger_finder.store(finder); }
-
-extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
-  static segdeploy::trt::DenseCrfPluginCreator creator;
-  static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
-  nbCreators = 1;
-  return creators;
+IPluginCreatorInterface* dense_crf_creator() {
+  static PluginCreator<DenseCrfPlugin, Attributes> creator(parse, accept);
+  return &creator;
 }
+
+}  // namespace segdeploy::trt

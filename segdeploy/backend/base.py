@@ -33,6 +33,11 @@ class Runner(abc.ABC):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on named float32 host arrays and return named host arrays (end to end)."""
 
+    def output_copy(self) -> str:
+        """Where ``infer``'s outputs are made and how they reach host memory, for benchmark reports: any copy
+        off a device happens inside ``infer``, so it is inside the timed end-to-end figure."""
+        return "outputs returned in host memory by infer (any copy is inside the timed run)"
+
     def time_on_device(self, feed: dict[str, np.ndarray], iterations: int) -> list[float] | None:
         """Per-run GPU time in ms (CUDA events, inputs already on the device); None on a CPU."""
         return None
@@ -53,6 +58,8 @@ BACKENDS = {
     "torch-cuda-graph": ("segdeploy.backend.torch.runner:TorchRunner", {"device": "cuda", "cuda_graph": True}),
     # The engine `segdeploy build` wrote beside the artifact's model.onnx (model.engine + engine.json).
     "trt": ("segdeploy.backend.trt.runner:TrtRunner", {}),
+    # A running Triton server (url=, model=): segdeploy is its client.
+    "triton": ("segdeploy.backend.triton.runner:TritonRunner", {}),
 }
 
 

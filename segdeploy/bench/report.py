@@ -40,8 +40,13 @@ def wide_console():
     return Console(width=max(console.width, 120) if console.is_terminal else 200)
 
 
+def _backend_label(r: dict) -> str:
+    """The backend, with the number of concurrent clients when several (a Triton server's rows)."""
+    return r["backend"] + (f" ×{r['concurrency']}" if r.get("concurrency", 1) > 1 else "")
+
+
 def _row_label(r: dict) -> str:
-    return f"{Path(r['artifact']).name} · {r['backend']}"
+    return f"{Path(r['artifact']).name} · {_backend_label(r)}"
 
 
 def print_table(report: dict) -> None:
@@ -52,20 +57,25 @@ def print_table(report: dict) -> None:
     title = f"{', '.join(filter(None, report['models'])) or report['artifacts'][0]} · {s['height']}x{s['width']}"
     table = Table(title=title)
     first = report["results"][0]
-    baseline = _row_label(first) if several_artifacts else first["backend"]
-    columns = ["artifact · backend" if several_artifacts else "backend", "batch", "median ms", "p90 ms", "p99 ms",
-               "mean ± std ms", "images/s", "GPU ms", "peak RSS MB", "mJ/frame", f"speed vs {baseline}"]
+    baseline = _row_label(first) if several_artifacts else _backend_label(first)
+    columns = ["artifact · backend" if several_artifacts else "backend", "batch", "head", "output/image", "median ms",
+               "p90 ms", "p99 ms", "mean ± std ms", "images/s", "GPU ms", "peak RSS MB", "mJ/frame", f"speed vs {baseline}"]
     for column in columns:
-        table.add_column(column, justify="left" if column.startswith(("backend", "artifact")) else "right", no_wrap=True)
+        table.add_column(column, justify="left" if column.startswith(("backend", "artifact", "head")) else "right",
+                         no_wrap=True)
     for r in report["results"]:
         gpu, power = r.get("gpu"), r.get("power")
-        table.add_row(_row_label(r) if several_artifacts else r["backend"], str(r["batch"]), f"{r['median_ms']:.2f}",
-                      f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f} ± {r['std_ms']:.2f}",
+        output = f"{format_bytes(r['output_bytes_per_image'])} {r['output_dtype']}" if "output_dtype" in r else "?"
+        table.add_row(_row_label(r) if several_artifacts else _backend_label(r), str(r["batch"]), r.get("head", "?"), output,
+                      f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f} ± {r['std_ms']:.2f}",
                       f"{r['throughput_ips']:.1f}", f"{gpu['median_ms']:.2f}" if gpu else "–", f"{r['peak_rss_mb']:.0f}",
                       f"{power['energy_mj_per_frame']:.1f}" if power else "–", f"{r['speedup_vs_first']:.2f}x")
     for stage, p in report["processing"].items():
-        table.add_row(f"[dim]{stage}[/dim]", "1", f"{p['median_ms']:.2f}", f"{p['p90_ms']:.2f}", f"{p['p99_ms']:.2f}",
-                      f"{p['mean_ms']:.2f} ± {p['std_ms']:.2f}", "", "", "", "", "")
+        if p.get("skipped"):
+            table.add_row(f"[dim]{stage}[/dim]", "1", "", "", "none", "–", "–", "–", "", "", "", "", "")
+        else:
+            table.add_row(f"[dim]{stage}[/dim]", "1", "", "", f"{p['median_ms']:.2f}", f"{p['p90_ms']:.2f}",
+                          f"{p['p99_ms']:.2f}", f"{p['mean_ms']:.2f} ± {p['std_ms']:.2f}", "", "", "", "", "")
     console = wide_console()
     console.print(table)
     noisy = sorted({_row_label(r) for r in report["results"] if r["cv"] > NOISY_CV})
@@ -78,23 +88,43 @@ def print_table(report: dict) -> None:
                       + (f" · [red]THROTTLED[/red] ({', '.join(jetson['throttled'])})" if jetson.get("throttled") else ""))
     for artifact, prediction in (report.get("predictions") or {}).items():
         side = prediction.get("side_outputs") or []
+        post = prediction.get("postprocess")
         console.print(f"{Path(artifact).name}: prediction output {prediction['output']!r} ({prediction['reading']})"
-                      + (f"; side outputs {', '.join(side)} are computed and timed with it" if side else ""))
-    console.print("[dim]model figures exclude pre/post-processing (CPU), timed apart: "
+                      + (f"; side outputs {', '.join(side)} are computed and timed with it" if side else "")
+                      + (f"; host post-processing: {_stage_text(post)}" if post else ""))
+    copies = {_backend_label(r): r["output_copy"] for r in report["results"] if "output_copy" in r}
+    console.print("[dim]model figures are end to end, host inputs to every output in host memory; output copy: "
+                  + "; ".join(f"{backend}: {how}" for backend, how in copies.items()) + "[/dim]")
+    console.print("[dim]they exclude pre/post-processing (CPU), timed apart: "
                   + "; ".join(f"{stage}: {p['what']}" for stage, p in report["processing"].items()) + "[/dim]")
 
 
+def _stage_text(stage: dict) -> str:
+    return stage["what"] if stage.get("skipped") else f"{stage['what']}, {stage['median_ms']:.2f} ms per image"
+
+
+def format_bytes(count: float) -> str:
+    """1536 -> "1.5 KB" (powers of 1024: what a buffer takes)."""
+    if count < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        count /= 1024
+        if count < 1024 or unit == "GB":
+            break
+    return f"{count:.1f} {unit}"
+
+
 def compare_rows(before: dict, after: dict) -> list[dict]:
-    """Rows present in both runs, matched by (artifact name, backend, batch): medians and their ratio."""
+    """Rows present in both runs, matched by (artifact name, backend and its concurrency, batch): medians and their ratio."""
     def key(r):
-        return (Path(r["artifact"]).name, r["backend"], r["batch"])
+        return (Path(r["artifact"]).name, _backend_label(r), r["batch"])
 
     earlier = {key(r): r for r in before["results"]}
     rows = []
     for r in after["results"]:
         if key(r) in earlier:
             old = earlier[key(r)]
-            rows.append({"artifact": key(r)[0], "backend": r["backend"], "batch": r["batch"],
+            rows.append({"artifact": key(r)[0], "backend": key(r)[1], "batch": r["batch"],
                          "before_ms": old["median_ms"], "after_ms": r["median_ms"],
                          "speedup": old["median_ms"] / r["median_ms"] if r["median_ms"] else float("inf")})
     return rows

@@ -59,7 +59,8 @@ def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 
                      manifest: dict | None = None) -> dict:
     """Pre-processing (resize a camera frame + normalise, as the model's input takes it) and
     post-processing (labels as the prediction output's head reads them: argmax over classes, or one
-    channel thresholded; optionally the dense CRF), on the CPU."""
+    channel thresholded; optionally the dense CRF), on the CPU. A ``labels`` head leaves the host
+    nothing to do: its post-processing (and CRF, which needs scores) is ``skipped``, not timed."""
     rng = np.random.default_rng(0)
     spec_in = (manifest or {}).get("input") or input_spec(height, width)
     head = Head.from_manifest(manifest)
@@ -73,22 +74,14 @@ def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 
         sample = sample_tensors((1, channels, height, width))
         pre = lambda: np.ascontiguousarray(sample, dtype=np.float32).copy()  # noqa: E731
         pre_what = f"tensor input ({channels} channels) fed as given: a float32 (1, {channels}, H, W) copy, no resize"
-    score_channels = 1 if head.kind == "binary" else num_classes
-    scores = rng.standard_normal((1, score_channels, height, width), dtype=np.float32)
-    if head.activation == "sigmoid":
-        scores = 1.0 / (1.0 + np.exp(-scores))
-    post = lambda: head.labels(scores).astype(np.uint8)  # noqa: E731
-    if head.kind == "binary":
-        post_what = f"binary: one channel > {head.threshold:g} -> uint8 labels"
-    else:
-        post_what = f"argmax over {num_classes} classes -> uint8 labels"
     warm_up(pre, 1)
-    warm_up(post, 1)
-    stages = {
-        "preprocess": {"what": pre_what, **latency_stats(timed_runs(pre, 10), 1)},
-        "postprocess": {"what": post_what, **latency_stats(timed_runs(post, 10), 1)},
-    }
-    if crf:
+    stages = {"preprocess": {"what": pre_what, **latency_stats(timed_runs(pre, 10), 1)},
+              "postprocess": postprocess_stage(head, height, width, num_classes)}
+    if crf and not head.has_scores:
+        stages["crf"] = {"what": "not applicable: the dense CRF refines scores, and the graph outputs labels only",
+                         "skipped": True}
+    elif crf:
+        scores = _sample_scores(head, height, width, num_classes)
         picture = sample_pictures((1, 3, height, width))
         if head.kind == "binary":  # two-class probabilities [1 - p, p]
             p = head.probabilities(scores)
@@ -101,6 +94,29 @@ def bench_processing(height: int, width: int, num_classes: int, source_hw=(720, 
         stages["crf"] = {"what": f"dense CRF on the CPU ({params.iterations} iterations, DeepLab v2 parameters)",
                          **latency_stats(timed_runs(refine, 3), 1)}
     return stages
+
+
+def postprocess_stage(head: Head, height: int, width: int, num_classes: int) -> dict:
+    """The host's post-processing of one image's prediction output, timed: its labels as ``head`` reads them
+    (argmax, or one channel thresholded). A ``labels`` head's output is the label map already: skipped."""
+    if not head.has_scores:
+        return {"what": "none: the graph outputs the label map (deployment head 'labels'); nothing to do on the host",
+                "skipped": True}
+    scores = _sample_scores(head, height, width, num_classes)
+    post = lambda: head.labels(scores).astype(np.uint8)  # noqa: E731
+    if head.kind == "binary":
+        what = f"binary: one channel > {head.threshold:g} -> uint8 labels"
+    else:
+        what = f"argmax over {num_classes} classes -> uint8 labels"
+    warm_up(post, 1)
+    return {"what": what, **latency_stats(timed_runs(post, 10), 1)}
+
+
+def _sample_scores(head: Head, height: int, width: int, num_classes: int) -> np.ndarray:
+    """Random scores (1, C, H, W) float32 as ``head``'s output holds them (probabilities after a sigmoid)."""
+    channels = 1 if head.kind == "binary" else num_classes
+    scores = np.random.default_rng(0).standard_normal((1, channels, height, width), dtype=np.float32)
+    return 1.0 / (1.0 + np.exp(-scores)) if head.activation == "sigmoid" else scores
 
 
 def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings, progress=lambda message: None,
@@ -118,19 +134,30 @@ def run_bench(artifacts: list[str], backends: list[str], settings: BenchSettings
     baseline = {r["batch"]: r["median_ms"] for r in reversed(results)}  # the first row of each batch size
     for r in results:
         r["speedup_vs_first"] = baseline[r["batch"]] / r["median_ms"] if r["median_ms"] else float("inf")
+    processing = bench_processing(settings.height, settings.width, results[0]["num_classes"], crf=settings.crf,
+                                  manifest=manifests[0])
+    predictions = {}
+    for artifact, manifest in zip(artifacts, manifests):
+        predictions[str(artifact)] = _prediction_of(manifest)
+        # Each artifact's own host post-processing: a labels artifact beside a logits one has none.
+        if str(artifact) == str(artifacts[0]):
+            predictions[str(artifact)]["postprocess"] = processing["postprocess"]
+        else:
+            classes = next(r["num_classes"] for r in results if r["artifact"] == str(artifact))
+            predictions[str(artifact)]["postprocess"] = postprocess_stage(Head.from_manifest(manifest), settings.height,
+                                                                          settings.width, classes)
     return {
         "schema": BENCH_SCHEMA,
         "created": utc_timestamp(),
         "artifacts": [str(a) for a in artifacts],
         "models": [(m or {}).get("model", {}).get("name") for m in manifests],
-        "predictions": {str(a): _prediction_of(m) for a, m in zip(artifacts, manifests)},
+        "predictions": predictions,
         "accuracy": {str(a): _accuracy_of(m) for a, m in zip(artifacts, manifests)},
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "machine": _machine(),
         "jetson": board_state(Path(settings.jetson_root)),
         "results": results,
-        "processing": bench_processing(settings.height, settings.width, results[0]["num_classes"], crf=settings.crf,
-                                       manifest=manifests[0]),
+        "processing": processing,
     }
 
 
@@ -138,7 +165,7 @@ def _prediction_of(manifest: dict) -> dict:
     """Which output is the prediction and how it is read; the other outputs are timed with it."""
     output = manifest.get("output") or {}
     head = Head.from_manifest(manifest)
-    return {"output": output.get("name"), "kind": head.kind, "reading": head.describe(),
+    return {"output": output.get("name"), "kind": head.kind, "head": head.name, "reading": head.describe(),
             "side_outputs": [o for o in output.get("all") or [] if o != output.get("name")],
             "normalisation_known": manifest["input"].get("normalisation_known", True)}
 

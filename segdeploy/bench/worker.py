@@ -52,6 +52,8 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings, options=
 
     A bare ONNX file is fed as its graph says (input name, channel count; ``describe_onnx``); the
     prediction output is read by its head (threshold or argmax), the others are timed with it.
+    Each timed run is end to end: host inputs in, every output in host memory (a GPU backend's copy
+    back inside it), whatever the deployment head; each row says how many bytes that is.
     """
     onnx_path, manifest, channels = bench_input(artifact, options)
     head = Head.from_manifest(manifest)
@@ -64,7 +66,6 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings, options=
             feed = sample_feed((batch, channels, settings.height, settings.width), manifest)
             infer = functools.partial(runner.infer, feed)
             outputs = infer()
-            prediction = manifest["output"]["name"] if manifest["output"]["name"] in outputs else next(iter(outputs))
             warmup_runs = warm_up(infer, settings.warmup)
             with PowerSampler(jetson_root) as power:
                 times = timed_runs(infer, settings.iterations, settings.seconds)
@@ -75,10 +76,7 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings, options=
                 "batch": batch,
                 "load_s": load_s,
                 "warmup_runs": warmup_runs,
-                "num_classes": head.num_classes or int(outputs[prediction].shape[1]),
-                "prediction": prediction,
-                "kind": head.kind,
-                "outputs": list(outputs),
+                **output_fields(manifest, head, outputs, batch, runner.output_copy()),
                 **latency_stats(times, batch),
                 "samples_ms": times,
                 "gpu": None,
@@ -90,6 +88,24 @@ def bench_backend(backend: str, artifact: str, settings: BenchSettings, options=
             row["peak_rss_mb"] = peak_rss_mb()
             rows.append(row)
     return rows
+
+
+def output_fields(manifest: dict, head: Head, outputs: dict[str, np.ndarray], batch: int, output_copy: str) -> dict:
+    """A row's fields on what the run hands back: the prediction output, its head (``logits``,
+    ``probabilities``, ``labels``) and dtype, the bytes of every output per batch and per image (what a
+    GPU copies back: a uint8 label map is 1/(4 C) of float32 scores), and how they reach host memory."""
+    name = manifest["output"]["name"]
+    prediction = name if name in outputs else next(iter(outputs))
+    if head.num_classes:
+        classes = head.num_classes
+    elif head.has_scores:
+        classes = int(outputs[prediction].shape[1])
+    else:  # a label map has no class axis: the manifest's classes
+        classes = len(manifest.get("classes") or []) or int(outputs[prediction].max()) + 1
+    per_batch = int(sum(array.nbytes for array in outputs.values()))
+    return {"num_classes": classes, "prediction": prediction, "kind": head.kind, "head": head.name,
+            "output_dtype": str(outputs[prediction].dtype), "outputs": list(outputs),
+            "output_bytes_per_batch": per_batch, "output_bytes_per_image": per_batch / batch, "output_copy": output_copy}
 
 
 def _power_summary(sampler, median_ms: float, batch: int) -> dict | None:
@@ -111,14 +127,15 @@ def options_from_json(data: dict | None):
     return ModelOptions(**data)
 
 
-def main(request_json: str) -> None:
-    """Benchmark the request's backend and artifact; print the rows as one JSON line (exit code of a SegdeployError on failure)."""
+def main(request_json: str, bench=bench_backend) -> None:
+    """Benchmark the request's backend and artifact with ``bench`` (``bench_backend``'s signature); print the
+    rows as one JSON line (exit code of a SegdeployError on failure)."""
     request = json.loads(request_json)
     settings = request["settings"]
     settings["batches"] = tuple(settings["batches"])
     try:
-        rows = bench_backend(request["backend"], request["artifact"], BenchSettings(**settings),
-                             options_from_json(request.get("options")))
+        rows = bench(request["backend"], request["artifact"], BenchSettings(**settings),
+                     options_from_json(request.get("options")))
     except SegdeployError as exc:
         print(f"{exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -29,6 +29,8 @@ COMMANDS = {
     "quantize": ".quantize:quantize",
     "fp16": ".fp16:fp16",
     "crf": ".crf:crf",
+    "head": ".head:head",
+    "serve": ".serve:serve",
 }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..crf import CRFParams, dense_crf
+from ..crf.refine import NEEDS_SCORES
 from ..errors import BadInputError
 from ..fileio import atomic_path
 from ..preprocess import load_image
@@ -24,6 +25,10 @@ def _load_logits(path: Path) -> np.ndarray:
         logits = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BadInputError(f"cannot read {path} as a .npy array: {exc}") from exc
+    if not np.issubdtype(logits.dtype, np.floating):
+        # what a graph with a "labels" deployment head outputs: class ids, nothing left to refine
+        raise BadInputError(f"{path} holds {logits.dtype} values {list(logits.shape)}, a label map: {NEEDS_SCORES} "
+                            "(save the logits or probabilities output, then --unary-kind says which)")
     if logits.ndim == 4 and logits.shape[0] == 1:
         logits = logits[0]
     if logits.ndim != 3:
@@ -52,6 +57,11 @@ def _two_class(scores: np.ndarray, unary_kind: str) -> np.ndarray:
     return np.stack([1.0 - p, p]).astype(np.float32)
 
 
+def _looks_like_probabilities(scores: np.ndarray) -> bool:
+    """Whether (C, H, W) scores are a softmax's output: in [0, 1] and summing to 1 at every pixel."""
+    return bool(scores.min() >= 0 and scores.max() <= 1 and np.allclose(scores.sum(0, dtype=np.float64), 1.0, atol=1e-3))
+
+
 def _save_png(image, path: Path) -> None:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
@@ -59,8 +69,9 @@ def _save_png(image, path: Path) -> None:
 
 @click.command("crf")
 @click.option("--logits", "logits_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Network output, .npy of shape (C, H, W) or (1, C, H, W); one channel (C = 1) is a binary "
-                   "output, refined as two classes [1-p, p].")
+              help="Network output, .npy of shape (C, H, W) or (1, C, H, W): a logits or probabilities head's "
+                   "scores (a label map cannot be refined); one channel (C = 1) is a binary output, refined as two "
+                   "classes [1-p, p].")
 @click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The RGB image the logits belong to (same H x W).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -70,7 +81,8 @@ def _save_png(image, path: Path) -> None:
 @click.option("--probabilities-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save the refined probabilities (C, H, W) as .npy.")
 @click.option("--unary-kind", type=click.Choice(["logits", "probabilities", "neg_log_prob"]), default="logits",
-              show_default=True, help="What the .npy holds: scores, softmax probabilities or -log P.")
+              show_default=True, help="What the .npy holds: scores (a logits head), softmax probabilities (a "
+                                      "probabilities head) or -log P.")
 @click.option("--iterations", type=int, default=_DEFAULTS.iterations, show_default=True)
 @click.option("--spatial-weight", type=float, default=_DEFAULTS.spatial_weight, show_default=True)
 @click.option("--spatial-theta", type=float, default=_DEFAULTS.spatial_theta, show_default=True, help="θγ (pixels).")
@@ -108,6 +120,9 @@ def crf(logits_path: Path, image_path: Path, out_path: Path | None, overlay_path
         )
     if logits.shape[0] > 256:
         raise BadInputError(f"a PNG palette mask holds at most 256 classes, the logits have {logits.shape[0]}")
+    if unary_kind == "logits" and logits.shape[0] > 1 and _looks_like_probabilities(logits):
+        click.echo("warning: the scores lie in [0, 1] and sum to 1 over the classes, like a probabilities head's "
+                   "output; give --unary-kind probabilities if they are (read as logits, the unary is too weak)", err=True)
     binary = logits.shape[0] == 1
     if binary:  # one channel (a binary head): two-class probabilities [1 - p, p]
         logits, unary_kind = _two_class(logits, unary_kind), "probabilities"

@@ -9,6 +9,7 @@ from ..export import export_model
 from ..manifest import read_manifest
 from ..parity import DEFAULT_MAX_ABS_DIFF, DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, Thresholds
 from .common import echo_json, json_option, parse_key_values, progress_status
+from .head import echo_head, head_options
 
 
 @click.command()
@@ -42,9 +43,10 @@ from .common import echo_json, json_option, parse_key_values, progress_status
               "and returns 'probabilities' and int32 'labels'. ONNX Runtime runs it with segdeploy's kernel.")
 @click.option("--crf-param", "crf_params", multiple=True, metavar="KEY=VALUE",
               help="CRF parameter with --crf, repeatable (e.g. --crf-param bilateral_theta_xy=50). Default: DeepLab v2's.")
+@head_options
 @json_option
 def export(model_name, checkpoint, num_classes, classes_file, input_size, target, opset, model_args, output, max_abs_diff,
-           rtol, min_agreement, seed, crf, crf_params, as_json):
+           rtol, min_agreement, seed, crf, crf_params, head, fused, as_json):
     """Export a model to ONNX (dynamic batch/H/W) and check it against PyTorch.
 
     Writes OUTPUT/model.onnx and OUTPUT/manifest.json (model, classes, input normalisation,
@@ -61,6 +63,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
       segdeploy export --model mypkg.nets:build_net --input-size 256 256
       segdeploy export --model deeplabv3plus --target jetpack6.0   # opset 17 for TensorRT 8.6
       segdeploy export --model deeplabv3plus --crf                 # + dense CRF node
+      segdeploy export --model deeplabv3plus --head labels --fused  # uint8 label map, fused upsample + argmax
     """
     class_names = None
     if classes_file:
@@ -75,7 +78,8 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
                 model_name, output, num_classes=num_classes, model_kwargs=parse_key_values(model_args, "--model-arg"),
                 checkpoint=checkpoint, input_size=tuple(input_size), opset=opset, target=target,
                 thresholds=Thresholds(max_abs_diff, min_agreement, rtol), class_names=class_names, seed=seed,
-                crf=parse_key_values(crf_params, "--crf-param") if crf else None, progress=progress,
+                crf=parse_key_values(crf_params, "--crf-param") if crf else None, head=head, fused=fused,
+                progress=progress,
             )
         except VerificationError:
             _report(output, as_json)  # the figures that failed, then exit 1
@@ -107,6 +111,7 @@ def _report(output: Path, as_json: bool) -> None:
         r = crf["parity"]
         click.echo(f"dense CRF appended ({crf['params']['iterations']} iterations): ONNX Runtime vs torch+kernel "
                    f"{_figures(r)}, label agreement {r['argmax_agreement']:.4%}")
+    echo_head(manifest)
     lint = manifest.get("lint") or {}
     if lint:
         click.echo(f"lint for {lint['target']}: {lint['errors']} errors, {lint['warnings']} warnings")

@@ -32,7 +32,7 @@ def gate_options(command):
                      help="Gate: largest mIoU drop in points (with masks)."),
         click.option("--max-prob-error", type=click.FloatRange(0, 1),
                      help="Gate: largest change of any pixel's probability (softmax, or sigmoid of a binary output). "
-                          "Default: reported, not gated."),
+                          "Default: reported, not gated. Not for a labels head (no probabilities: n/a)."),
         click.option("--sensitivity/--no-sensitivity", default=True, show_default=True,
                      help="When the gate fails, keep the most sensitive layers in higher precision until it holds."),
         click.option("--sensitivity-images", type=click.IntRange(1), default=8, show_default=True,
@@ -115,6 +115,10 @@ def _print_text(result, data: dict, gate: dict) -> None:
     preparation = data.get("graph_preparation") or {}
     if preparation.get("fp16_weight_casts_folded"):
         click.echo(f"folded {preparation['fp16_weight_casts_folded']} FP16 weight Cast(s) into float32 weights first")
+    deployment_head = data.get("deployment_head")
+    if deployment_head:
+        click.echo(f"deployment head {deployment_head['name']!r} ({' -> '.join(deployment_head['nodes'])}) kept unchanged: "
+                   f"the scores graph under it (tensor {deployment_head['scores_tensor']!r}) was reduced")
     if preparation.get("opset"):
         click.echo(f"converted opset {preparation['opset']['from']} -> {preparation['opset']['to']} first (outputs checked unchanged)")
     if data.get("dropped_side_outputs"):
@@ -167,7 +171,9 @@ def fp16(source, keep_fp32, val_dir, target, output, as_json, **params):
     (softmax, normalisation statistics, exp/log/pow) and layers whose activations approach the
     FP16 range stay FP32. Reports mask agreement (argmax, or the threshold of a one-channel
     output), the max probability error and max |Δ| against FP32 on --val (default: generated
-    scenes, or seeded random tensors for a tensor input) and exits 1 when the gate fails.
+    scenes, or seeded random tensors for a tensor input) and exits 1 when the gate fails. A
+    deployment head (`segdeploy head`, `export --head`: probabilities, labels, fused) is kept as it
+    is: the scores graph under it is converted, and a labels head's maps are compared directly.
 
     \b
     Examples:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from ..infer import predict_files, write_prediction
+from ..infer import no_matte_reason, predict_files, write_prediction
 from .common import echo_json, json_option, model_options, model_options_from
 
 
@@ -32,6 +32,11 @@ def infer(artifact, images, backend, input_size, out_dir, as_json, **params):
                         there is no picture)
       STEM_matte.png    one-channel outputs only: the foreground probability as
                         8-bit grey (0..255), resized bilinearly to the image's size
+                        (not for a model whose head is 'labels': it outputs the
+                        label map only)
+
+    A model exported with --head labels hands back the label map itself: it is used
+    as is (no argmax on the host), resized to each image with nearest-neighbour.
 
     Models with a "tensor" input (depth, multispectral bands) take .npy files holding one
     (C, H, W) array, already normalised; GRAY models take any image (converted to grey).
@@ -43,20 +48,25 @@ def infer(artifact, images, backend, input_size, out_dir, as_json, **params):
       segdeploy infer bands/model.onnx tile_001.npy tile_002.npy
     """
     options = model_options_from(params)
-    results = []
+    results, notes = [], []
     with click.progressbar(length=len(images), label="segmenting", file=click.get_text_stream("stderr"),
                            hidden=as_json) as bar:
         for prediction in predict_files(artifact, images, backend=backend, size=input_size, options=options):
             files = write_prediction(out_dir, prediction)
             labels = prediction.labels
             classes, counts = np.unique(labels, return_counts=True)
-            result = {"image": str(prediction.path), "kind": prediction.head.kind,
+            result = {"image": str(prediction.path), "kind": prediction.head.kind, "head": prediction.head.name,
                       **{k: (str(v) if v is not None else None) for k, v in files.items()},
                       "class_fractions": {int(c): round(float(n) / labels.size, 4) for c, n in zip(classes, counts)}}  # fmt: skip
             if prediction.head.kind == "binary":
                 result["foreground_fraction"] = round(float(np.count_nonzero(labels == 1)) / labels.size, 4)
             results.append(result)
+            reason = no_matte_reason(prediction.head)
+            if reason and reason not in notes:
+                notes.append(reason)
             bar.update(1)
+    for note in notes:  # on stderr: --json keeps stdout a JSON document
+        click.echo(f"note: {note}", err=True)
     if as_json:
         echo_json(results)
     else:

@@ -97,8 +97,10 @@ def assumptions(onnx_path, manifest: dict | None) -> dict:
             "mean": spec.get("mean") if known else None,
             "std": spec.get("std") if known else None,
         },
+        # A labels head's output (N, H, W) has no channel axis: the classes are the manifest's.
         "prediction": {"output": output["name"], **head.to_manifest(), "reading": head.describe(),
-                       "channels": facts.output_channels.get(output["name"])},
+                       "dtype": output.get("dtype", "float32"), "layout": output.get("layout", "NCHW"),
+                       "channels": facts.output_channels.get(output["name"]) if head.has_scores else None},
         "side_outputs": [o for o in facts.outputs if o != output["name"]],
         "classes": len(described.get("classes") or []),
         "opset": opset,
@@ -126,7 +128,10 @@ def _print_assumptions(a: dict) -> None:
         click.echo("  normalise:  unknown: give --mean and --std, or record them once with `segdeploy adopt` "
                    "(timing, lint and build do not need them)")
     p = a["prediction"]
-    click.echo(f"  prediction: output {p['output']!r}: {p['reading']}")
+    click.echo(f"  prediction: output {p['output']!r}: {p['reading']} (head {p['head']}, {p['dtype']} {p['layout']})")
+    if p["head"] == "labels":
+        click.echo("  host:       takes the label map as it is (no argmax); no probabilities"
+                   + (", so infer writes no matte" if p["kind"] == "binary" else ""))
     if a["side_outputs"]:
         click.echo(f"  side outputs: {', '.join(a['side_outputs'])} (not read; --drop-side-outputs on adopt leaves them out)")
     click.echo(f"  opset:      {a['opset']}")

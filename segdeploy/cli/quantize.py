@@ -32,12 +32,15 @@ def quantize(source, calib_dir, method, percentile, batch, min_images, max_image
     zero point 0, per-channel weights, float bias); `cpu` gets asymmetric uint8 activations with
     int8 weights, which ONNX Runtime's CPU kernels run fast. The result is compared with FP32 on
     --val (default: the calibration images); when the gate fails the most sensitive layers are
-    kept in float until it holds. Same inputs again: the earlier result is reused.
+    kept in float until it holds. Same inputs again: the earlier result is reused. A deployment
+    head (probabilities, labels, fused) is kept as it is, with no Q/DQ on it: the scores graph
+    under it is quantized, and a labels head's maps are compared directly.
 
     \b
     Examples:
       segdeploy quantize out/dlv3p --calib data/calib --val data/val --target jetpack6.2
       segdeploy quantize out/dlv3p --calib data/calib --target cpu --method minmax
+      segdeploy quantize out/dlv3p_labels --calib data/calib --val data/val   (a labels head, kept; gated on its maps)
       segdeploy quantize model.onnx --calib photos --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --json
       segdeploy quantize rgbd.onnx --calib samples/ --val held_out/  (samples/*.npy, held_out/images + masks)
     """

@@ -4,7 +4,7 @@ import click
 
 from ..backend.trt.engine_json import resolve_engine
 from ..backend.trt.profile import format_shape, parse_shape
-from ..backend.trt.verify import default_thresholds, raise_for_verification, verify_engine
+from ..backend.trt.verify import LabelsResult, default_thresholds, raise_for_verification, verify_engine
 from .common import echo_json, json_option, progress_status
 
 
@@ -35,6 +35,8 @@ def verify(engine, onnx_path, images, count, shapes, max_abs_diff, rtol, min_agr
     (TensorRT) and the FP32 ONNX (ONNX Runtime, CPU) run on the same inputs - images from a
     folder, or generated pictures at the profile's shapes - and their logits are compared:
     max |Δ| against max-abs-diff + rtol x the largest |onnx value|, and label agreement.
+    A model whose head is 'labels' outputs label maps: they are compared directly, by
+    agreement alone (--min-agreement).
     Exits 1 when a threshold is missed.
     The engine's sha256, TensorRT version and GPU are checked before it is loaded.
 
@@ -66,6 +68,10 @@ def _print(report) -> None:
                f"limits: {report.thresholds.describe()}")
     for r in report.results:
         mark = "ok  " if r.passed else "FAIL"
+        if isinstance(r, LabelsResult):
+            click.echo(f"  {mark} {format_shape(r.shape):>16}  label maps: agreement {r.agreement:.4%} "
+                       f"({r.disagreeing_pixels} pixels differ)  classes seen {r.reference_classes_seen}")
+            continue
         click.echo(f"  {mark} {format_shape(r.shape):>16}  max |Δ| {r.max_abs_diff:.3g} ({r.relative_diff:.2g} of max |onnx| "
                    f"{r.reference_max_abs:.3g}, limit {r.limit:.3g})  mean |Δ| {r.mean_abs_diff:.3g}  "
                    f"agreement {r.argmax_agreement:.4%}  classes seen {r.reference_classes_seen}")

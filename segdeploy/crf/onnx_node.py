@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..errors import BadInputError, MissingDependencyError
+from ..errors import BadInputError
 from ..onnx_io import tensor_dims
 from ._binding import UNARY_KINDS
 from .params import CRFParams
@@ -37,14 +37,18 @@ _FLOAT_ATTRIBUTES = ("spatial_weight", "spatial_theta", "bilateral_weight", "bil
 
 def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", image_name: str = "image",
                     image_layout: str = "hwc", unary_kind: str = "logits", probabilities_name: str = "probabilities",
-                    labels_name: str = "labels", keep_logits: bool = False, **crf_params) -> onnx.ModelProto:
+                    labels_name: str = "labels", keep_logits: bool = False, labels_only: bool = False,
+                    **crf_params) -> onnx.ModelProto:
     """Return a copy of ``model`` whose ``logits_name`` output feeds a DenseCRF node.
 
     The new input ``image_name`` is uint8 RGB, (N, H, W, 3) for ``image_layout="hwc"`` or
     (N, 3, H, W) for ``"chw"``, with N, H, W taken from the logits (N, C, H, W); a ``Cast``
     node hands it to the DenseCRF node as float32 (``<image_name>_float32``). The outputs
     become ``probabilities_name`` (float32, like the logits) and ``labels_name`` (int32,
-    (N, H, W)); ``keep_logits`` keeps the logits output too. ``crf_params`` are
+    (N, H, W)); ``keep_logits`` keeps the logits output too. ``labels_only`` (a ``labels`` deployment
+    head) makes the CRF's labels the only new output, as a labels head's dtype (uint8 for up to 255
+    classes, through a ``Cast`` of the node's int32 labels; int32 otherwise): the probabilities stay
+    inside the graph, never copied off the device. ``crf_params`` are
     :class:`~segdeploy.crf.CRFParams` fields (DeepLab v2's by default); ``unary_kind`` says what
     the logits output holds (see :mod:`segdeploy.crf`).
     """
@@ -60,16 +64,22 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
     outputs = {output.name: output for output in graph.output}
     if logits_name not in outputs:
         raise BadInputError(f"the model has no output named {logits_name!r}; its outputs are {sorted(outputs)}")
-    taken = {value.name for value in graph.input} | set(outputs) | {name for node in graph.node for name in node.output}
-    image_float = f"{image_name}_float32"
-    for name in (image_name, image_float, probabilities_name, labels_name):
-        if name in taken:
-            raise BadInputError(f"the model already has a tensor named {name!r}; pick another name")
     logits = outputs[logits_name]
     dims = tensor_dims(logits)
     if len(dims) != 4:
         raise BadInputError(f"output {logits_name!r} must be (N, C, H, W), its shape is {dims}")
     batch, classes, height, width = dims
+    labels_dtype = TensorProto.INT32
+    if labels_only and isinstance(classes, int):
+        from ..head.graph import label_dtype
+
+        labels_dtype = label_dtype(classes)
+    taken = {value.name for value in graph.input} | set(outputs) | {name for node in graph.node for name in node.output}
+    image_float = f"{image_name}_float32"
+    crf_labels = labels_name if labels_dtype == TensorProto.INT32 else f"{labels_name}_int32"
+    for name in dict.fromkeys((image_name, image_float, probabilities_name, labels_name, crf_labels)):
+        if name in taken:
+            raise BadInputError(f"the model already has a tensor named {name!r}; pick another name")
 
     crf_input = logits_name
     if logits.type.tensor_type.elem_type == TensorProto.FLOAT16:
@@ -86,39 +96,34 @@ def append_crf_node(model: onnx.ModelProto, *, logits_name: str = "logits", imag
                                        name=f"{image_name}_to_float32"))
     attributes = {name: float(getattr(params, name)) for name in _FLOAT_ATTRIBUTES}
     graph.node.append(helper.make_node(
-        CRF_OP_TYPE, [crf_input, image_float], [probabilities_name, labels_name], name="dense_crf", domain=CRF_DOMAIN,
+        CRF_OP_TYPE, [crf_input, image_float], [probabilities_name, crf_labels], name="dense_crf", domain=CRF_DOMAIN,
         iterations=int(params.iterations), normalization=params.normalization, unary_kind=unary_kind, **attributes,
     ))
     if not keep_logits:
         graph.output.remove(logits)
-    graph.output.append(helper.make_tensor_value_info(probabilities_name, TensorProto.FLOAT,
-                                                      [batch, classes, height, width]))
-    graph.output.append(helper.make_tensor_value_info(labels_name, TensorProto.INT32, [batch, height, width]))
+    if crf_labels != labels_name:
+        graph.node.append(helper.make_node("Cast", [crf_labels], [labels_name], to=labels_dtype, name="dense_crf_labels_cast"))
+    if not labels_only:
+        graph.output.append(helper.make_tensor_value_info(probabilities_name, TensorProto.FLOAT,
+                                                          [batch, classes, height, width]))
+    graph.output.append(helper.make_tensor_value_info(labels_name, labels_dtype, [batch, height, width]))
     if not any(opset.domain == CRF_DOMAIN for opset in result.opset_import):
         result.opset_import.append(helper.make_opsetid(CRF_DOMAIN, 1))
     return result
 
 
 @functools.cache
-def _define_ort_op() -> str:
+def define_crf_ort_op() -> str:
     """Declares the DenseCRF Python op once per process; returns the extensions library path."""
-    try:
-        from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
-    except ImportError as exc:
-        raise MissingDependencyError("onnxruntime-extensions", "ort", "ONNX Runtime runs the DenseCRF node through it") from exc
+    from ..backend.onnxrt.python_ops import define_python_op
 
-    attributes = {name: PyCustomOpDef.dt_float for name in _FLOAT_ATTRIBUTES}
-    attributes.update(iterations=PyCustomOpDef.dt_int64, normalization=PyCustomOpDef.dt_string,
-                      unary_kind=PyCustomOpDef.dt_string)
-
-    @onnx_op(op_type=CRF_OP_TYPE, inputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_float],
-             outputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_int32], attrs=attributes)
     def dense_crf_op(logits, image, **attrs):
         params = CRFParams(**{name: attrs[name] for name in (*_FLOAT_ATTRIBUTES, "iterations", "normalization")})
         return dense_crf(logits, _image_uint8(image), params, unary_kind=attrs["unary_kind"])
 
-    _hand_back_arrays(dense_crf_op, PyCustomOpDef)
-    return get_library_path()
+    attributes = dict.fromkeys(_FLOAT_ATTRIBUTES, float) | {"iterations": int, "normalization": str, "unary_kind": str}
+    return define_python_op(CRF_OP_TYPE, dense_crf_op, inputs=(np.float32, np.float32), outputs=(np.float32, np.int32),
+                            attributes=attributes)
 
 
 def _image_uint8(image: np.ndarray) -> np.ndarray:
@@ -126,28 +131,7 @@ def _image_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _hand_back_arrays(op, op_definition) -> None:
-    """Makes onnxruntime-extensions take ``op``'s outputs as flat numpy arrays.
-
-    Its own hook passes every output to ONNX Runtime as a Python list (``tolist()``), which for
-    a 21x512x512 image costs more than the CRF itself; its native side also takes arrays. Other
-    Python ops keep the library's hook.
-    """
-    from onnxruntime_extensions import _ocos
-
-    library_hook = _ocos._on_pyop_invocation
-
-    def invoke(op_id, inputs, attributes):
-        if op_id != op._id:
-            return library_hook(op_id, inputs, attributes)
-        probabilities, labels = op.body(*inputs, **op.cast_attributes(attributes))
-        return (op_id, probabilities.shape, np.ascontiguousarray(probabilities, np.float32).reshape(-1),
-                labels.shape, np.ascontiguousarray(labels, np.int32).reshape(-1))
-
-    op_definition.install_hooker(invoke)
-
-
 def register_crf_ort(session_options):
     """Let sessions made with ``session_options`` run the DenseCRF node (on the CPU); returns it."""
-    session_options.register_custom_ops_library(_define_ort_op())
+    session_options.register_custom_ops_library(define_crf_ort_op())
     return session_options

@@ -94,6 +94,19 @@ def synthetic_logits(image: np.ndarray, classes: int, seed: int = 0, noise: floa
     return (clean + rng.normal(0.0, noise, clean.shape)).astype(np.float32)
 
 
+#: Why a label map cannot be refined, as every command says it.
+NEEDS_SCORES = "the CRF needs scores; use --head logits or probabilities"
+
+
+def unary_kind_for(head) -> str:
+    """The ``unary_kind`` of a prediction output read with ``head`` (an :class:`segdeploy.outputs.Head`):
+    ``probabilities`` after a softmax or sigmoid in the graph, else ``logits``. A ``labels`` head
+    has no per-class scores for the CRF's unary: BadInputError."""
+    if not head.has_scores:
+        raise BadInputError(f"{NEEDS_SCORES} (the model's deployment head outputs labels only)")
+    return "probabilities" if head.activation != "none" else "logits"
+
+
 def _select(output: str, probabilities, labels):
     if output == "probabilities":
         return probabilities

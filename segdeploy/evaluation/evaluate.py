@@ -11,12 +11,17 @@ whole set: mIoU over the classes present in the truth or the predictions, per-cl
 for a class that appears in neither), pixel accuracy; pixels labelled 255 are ignored. Between
 artifacts, pixel agreement is the share of all image pixels with the same predicted class.
 
+Every deployment head scores alike: logits and probabilities are read on the host (argmax, or a
+threshold), a ``labels`` graph's label map is taken as it is; all three give the same predictions,
+so the same mIoU. A dense CRF needs scores: it refuses a ``labels`` artifact.
+
 One-channel (binary) models are read by their manifest's ``outputs.Head`` (thresholded, not
 argmax'd); the masks are read as 0/1 foreground by ``datasets.binary_truth`` (0/1 class ids with
 255 ignored, else grey >= 128). Besides the two-class mIoU and pixel accuracy they score the
 foreground IoU, precision, recall, Fβ with β² = 0.3 (the salient-object convention) and F1, all
 from the pixels of the whole set at the model's threshold, and the MAE of the probability map
-(resized bilinearly to the image) against the 0/1 truth, averaged over images.
+(resized bilinearly to the image) against the 0/1 truth, averaged over images (none for a ``labels``
+head: it outputs no probability).
 
 Artifacts without a manifest (a user's ONNX file) are described from their graph and the
 ``ModelOptions`` given (``--mean``/``--std``...); where a manifest exists, the options override it
@@ -38,7 +43,7 @@ from ..adopt import ModelOptions, artifact_manifest
 from ..backend.base import make_runner
 from ..crf import CRFParams, dense_crf
 from ..errors import BadInputError
-from ..infer import check_channels, labels_at, predict_logits, resize_channels
+from ..infer import check_channels, labels_at, predict_output, resize_channels
 from ..manifest import ONNX_NAME
 from ..outputs import Head
 from ..preprocess import resize, takes_pictures
@@ -111,6 +116,7 @@ class Candidate:
         block["agreement"] = round(100.0 * self.agree / max(self.pixels, 1), 4)
         block["seconds_per_image"] = round(self.seconds / max(self.images, 1), 5)
         block["kind"] = self.head.kind
+        block["head"] = self.head.name
         if self.head.kind == "binary":
             mae = self.mae_sum / self.mae_images if self.mae_images else None
             block["binary"] = {**binary_scores(self.confusion, mae), "threshold": self.head.threshold}
@@ -197,6 +203,10 @@ def open_candidates(artifacts, backends: list[str], options: ModelOptions = Mode
     for artifact, label, backend in zip(artifacts, artifact_labels(artifacts), backends):
         onnx_path, manifest, _ = artifact_manifest(artifact, options)
         candidates.append(Candidate(Path(artifact), label, backend, onnx_path, manifest, Head.from_manifest(manifest)))
+    for candidate in candidates:
+        if not candidate.head.has_scores and not candidate.manifest.get("classes") and candidate.head.kind != "binary":
+            raise BadInputError(f"{candidate.artifact}: its output is the label map (head 'labels') and the manifest "
+                                "names no classes, so their number is unknown; name them with --classes FILE")
     kinds = {c.head.kind for c in candidates}
     if len(kinds) > 1:
         described = ", ".join(f"{c.artifact} is {c.head.kind}" for c in candidates)
@@ -235,15 +245,16 @@ def _check_sample(sample: Sample, image: np.ndarray, candidate: Candidate) -> No
         check_channels(sample.image, image, spec)
 
 
-def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings) -> np.ndarray:
-    """uint8 labels at the image's size from the network's (C, h, w) scores refined by the dense CRF."""
+def crf_labels(logits: np.ndarray, rgb: np.ndarray, settings: CRFSettings, unary_kind: str = "logits") -> np.ndarray:
+    """uint8 labels at the image's size from the network's (C, h, w) scores (``unary_kind``: "logits" or
+    "probabilities") refined by the dense CRF."""
     height, width = rgb.shape[:2]
     if settings.at == "image":
         unary, image = resize_scores(logits, height, width), rgb
     else:
         h, w = logits.shape[1:]
         unary, image = np.ascontiguousarray(logits, dtype=np.float32), resize(rgb, h, w)
-    labels = dense_crf(unary, np.ascontiguousarray(image), settings.params, unary_kind="logits", output="labels",
+    labels = dense_crf(unary, np.ascontiguousarray(image), settings.params, unary_kind=unary_kind, output="labels",
                        num_threads=settings.threads)
     return labels_at(labels, (height, width))
 
@@ -268,9 +279,16 @@ def evaluate(
     binary = candidates[0].head.kind == "binary"
     if crf is not None and binary:
         raise BadInputError("--crf: the dense CRF refines multi-class scores; these models have one-channel (binary) outputs")
+    scoreless = [str(c.artifact) for c in candidates if not c.head.has_scores]
+    if crf is not None and scoreless:
+        raise BadInputError(f"--crf: the dense CRF refines scores, and {', '.join(scoreless)} outputs labels only "
+                            "(deployment head 'labels'); evaluate an artifact with --head logits or probabilities")
     if crf is not None and dataset.samples[0].is_tensor:
         raise BadInputError(f"--crf: the dense CRF needs pictures; {dataset.samples[0].image} is a .npy tensor")
     evaluation = Evaluation(dataset, candidates, [], crf)
+    if binary:
+        evaluation.notes += [f"{c.label}: no MAE: the model outputs labels only (deployment head 'labels'), "
+                             "no probability map" for c in candidates if not c.head.has_scores]
     started = time.perf_counter()
     num_classes = None
     with contextlib.ExitStack() as stack:
@@ -286,15 +304,18 @@ def evaluate(
             for candidate, runner in zip(candidates, runners):
                 _check_sample(sample, rgb, candidate)
                 t0 = time.perf_counter()
-                logits = np.asarray(predict_logits(runner, candidate.manifest, rgb, size), dtype=np.float32)
-                labels = labels_at(candidate.head.labels(logits[None])[0], shape)
+                output = predict_output(runner, candidate.manifest, rgb, size)
+                if candidate.head.has_scores:  # float16 scores of an FP16 graph: read in float32
+                    output = np.asarray(output, dtype=np.float32)
+                labels = labels_at(candidate.head.labels(output[None])[0], shape)
                 candidate.seconds += time.perf_counter() - t0
-                if binary:
-                    probability = resize_channels(candidate.head.probabilities(logits[None])[0], *shape)[0]
+                if binary and candidate.head.has_scores:
+                    probability = resize_channels(candidate.head.probabilities(output[None])[0], *shape)[0]
                     if valid.any():
                         candidate.mae_sum += float(np.abs(probability[valid] - mask[valid]).mean())
                         candidate.mae_images += 1
-                classes_here = candidate.head.num_classes or logits.shape[0]
+                classes_here = candidate.head.num_classes or (
+                    output.shape[0] if candidate.head.has_scores else len(candidate.manifest["classes"]))
                 if num_classes is None:
                     num_classes = classes_here
                     evaluation.class_names = _class_names(candidates, dataset, num_classes)
@@ -313,7 +334,8 @@ def evaluate(
                 predictions.append(labels)
                 if crf is not None:
                     t0 = time.perf_counter()
-                    crf_pred = crf_labels(logits, rgb, crf)
+                    kind = "probabilities" if candidate.head.activation == "softmax" else "logits"
+                    crf_pred = crf_labels(output, rgb, crf, kind)
                     candidate.crf_seconds += time.perf_counter() - t0
                     candidate.crf_confusion += confusion_matrix(mask, crf_pred, num_classes)
                     candidate.crf_agree += int(np.count_nonzero(crf_pred == refined[0])) if refined else crf_pred.size

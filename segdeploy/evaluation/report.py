@@ -142,7 +142,7 @@ def print_tables(report: dict, console=None) -> None:
     binary = "binary" in results[0]
     title = (f"{dataset['layout']} {dataset['split'] or '(all)'} · {dataset['count']} images · {dataset['root']}")
     summary = Table(title=title)
-    columns = ["artifact", "precision", "backend", "mIoU", "pixel acc"]
+    columns = ["artifact", "precision", "backend", "head", "mIoU", "pixel acc"]
     if binary:
         columns += ["IoU fg", "F-beta (b2=0.3)", "F1", "MAE"]
     if several:
@@ -150,9 +150,10 @@ def print_tables(report: dict, console=None) -> None:
     if crf:
         columns += ["mIoU +CRF", "CRF gain"] + (["Δ mIoU +CRF", "agreement +CRF %"] if several else [])
     for column in columns:
-        summary.add_column(column, justify="left" if column in ("artifact", "precision", "backend") else "right")
+        summary.add_column(column, justify="left" if column in ("artifact", "precision", "backend", "head") else "right")
     for index, r in enumerate(results):
-        row = [r["label"], str(r.get("precision") or "?"), r["backend"], f"{r['miou']:.2f}", f"{r['pixel_accuracy']:.2f}"]
+        row = [r["label"], str(r.get("precision") or "?"), r["backend"], r.get("head", "logits"), f"{r['miou']:.2f}",
+               f"{r['pixel_accuracy']:.2f}"]
         if binary:
             b = r["binary"]
             row += [f"{b['iou']:.2f}", f"{b['f_beta']:.2f}", f"{b['f1']:.2f}", "-" if b["mae"] is None else f"{b['mae']:.4f}"]

@@ -75,9 +75,12 @@ def load_source(path: str | os.PathLike, options: ModelOptions = ModelOptions())
         raise BadInputError(f"{onnx_path}: the manifest's prediction output {prediction!r} is not in the graph "
                             f"(its outputs: {', '.join(facts.outputs)})")  # fmt: skip
     outputs = {o.name: o for o in model.graph.output}
-    if elem_type(outputs[prediction]) != onnx.TensorProto.FLOAT:
-        raise BadInputError(f"{onnx_path}: expects an FP32 model; its output {prediction!r} is not float32")
     head = Head.from_manifest(manifest)
+    # A label map (a "labels" head) is uint8 or int32 in an FP32 model too.
+    allowed = (onnx.TensorProto.FLOAT,) if head.has_scores else (onnx.TensorProto.UINT8, onnx.TensorProto.INT32)
+    if elem_type(outputs[prediction]) not in allowed:
+        expected = "float32" if head.has_scores else "a uint8 or int32 label map (its manifest's head is 'labels')"
+        raise BadInputError(f"{onnx_path}: expects an FP32 model; its output {prediction!r} is not {expected}")
     heads = {name: head if name == prediction else Head.detect(facts.output_channels.get(name), facts.output_activation.get(name, "none"))
              for name in facts.outputs}  # fmt: skip
     return Source(onnx_path, manifest, adopted, facts.input_name, facts.fixed_batch, sha256_file(onnx_path),

@@ -7,6 +7,10 @@ thresholded): mask agreement, mIoU and its drop when masks are given, the max pr
 (|Δp| over pixels: softmax probabilities of a multi-class output, the sigmoid of a binary one)
 and the raw error (max/mean |Δ| and the noise-to-signal ratio used to rank layer sensitivity).
 Side outputs are reported (max |Δ|, max |Δp|) but not gated.
+
+A ``labels`` head hands back the label maps themselves: they are compared directly (agreement,
+mIoU), and the errors of values (|Δ|, |Δp|, noise) do not apply to class ids: None ("n/a"). A
+``probabilities`` head's |Δp| is taken on its output as it is.
 """
 
 from __future__ import annotations
@@ -76,13 +80,17 @@ class Reference:
 
     @classmethod
     def compute(cls, session, images: ImageSet, spec: dict, batch: int, fixed_batch: bool, keep_logits: bool = False,
-                outputs: Outputs | None = None):  # fmt: skip
+                outputs: Outputs | None = None, classes: int | None = None):  # fmt: skip
+        """``classes``: how many a labels head's maps hold (the manifest's class names); scores tell it themselves."""
         outputs = outputs or Outputs(session.get_outputs()[0].name)
+        if classes is None and not outputs.head.has_scores:
+            raise ValueError("a labels head's reference needs the number of classes")
+        keep_logits = keep_logits and outputs.head.has_scores  # class ids have no error of values to measure
         labels, kept = [], []
         num_classes = 0
         for _, values in predict(session, images, spec, batch, fixed_batch, Outputs(outputs.prediction, outputs.head)):
             scores = values[outputs.prediction]
-            num_classes = outputs.head.num_classes or scores.shape[1]
+            num_classes = outputs.head.num_classes or (scores.shape[1] if outputs.head.has_scores else classes)
             labels.append(outputs.head.labels(scores).astype(np.int16))
             if keep_logits:
                 kept.append(scores)
@@ -103,7 +111,7 @@ class Reference:
 
     def subset(self, count: int, session, keep_logits: bool = True) -> Reference:
         return Reference.compute(session, self.images.subset(count), self.spec, self.batch, self.fixed_batch,
-                                 keep_logits, self.outputs)  # fmt: skip
+                                 keep_logits, self.outputs, self.num_classes)  # fmt: skip
 
 
 @dataclass
@@ -162,7 +170,7 @@ def compare(session, reference: Reference, reference_session=None) -> Comparison
     (which also gives the side outputs' errors)."""
     outputs = reference.outputs
     labels = []
-    with_values = reference.logits is not None or reference_session is not None
+    with_values = outputs.head.has_scores and (reference.logits is not None or reference_session is not None)
     available = {o.name for o in session.get_outputs()}
     side = {n: h for n, h in outputs.side.items() if n in available} if reference_session is not None else {}
     wanted = Outputs(outputs.prediction, outputs.head, side)

@@ -1,10 +1,11 @@
 """The accuracy gate, and the sensitivity analysis that meets it by keeping layers in higher precision.
 
 A reduced-precision model passes when, against FP32 on the validation images, its masks (the
-labels the manifest's head reads: argmax over channels, or a one-channel binary output
-thresholded) agree on at least the fraction ``min_agreement`` of pixels, (with masks) its mIoU is
-at most ``max_miou_drop`` points lower and, when ``max_prob_error`` is set, no pixel's probability
-moved by more than it. When the fully reduced model misses that budget:
+labels the manifest's head reads: argmax over channels, a one-channel binary output
+thresholded, or the label maps a ``labels`` head outputs) agree on at least the fraction
+``min_agreement`` of pixels, (with masks) its mIoU is at most ``max_miou_drop`` points lower and,
+when ``max_prob_error`` is set, no pixel's probability moved by more than it (a ``labels`` head
+has no probabilities: the tools refuse that limit for it). When the fully reduced model misses that budget:
 
 1. each candidate layer is reduced *alone* (everything else kept in higher precision) and
    scored on a small subset of the images: lost agreement first, logit noise as tie-break;
@@ -46,6 +47,8 @@ class Budget:
 
 def agreement_name(head: Head) -> str:
     """What the agreement counts, as messages say it."""
+    if not head.has_scores:
+        return "label map agreement"
     return "mask agreement (binary threshold)" if head.kind == "binary" else "argmax agreement"
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..onnx_io import load_onnx
+from ..onnx_io import default_opset, load_onnx
 
 #: Layers with weights: what the TensorRT scheme quantizes and what sensitivity analysis ranks.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -134,3 +135,131 @@ def keep_only_outputs(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.Mo
     graph.ClearField("value_info")
     graph.value_info.extend(kept_values)
     return pruned, dropped
+
+
+#: The ops a deployment head starts with (``segdeploy.head``: softmax or sigmoid, argmax, a binary
+#: threshold, the fused upsample + argmax node), reading the scores tensor as their first input.
+HEAD_OPS = ("Softmax", "Sigmoid", "ArgMax", "Greater", "UpsampleArgmax")
+#: The ops between that start and the prediction output (the label map's Cast and Squeeze).
+HEAD_PASS_OPS = ("Cast", "Squeeze", "Identity")
+#: The ops before that start that belong to the head (a binary head squeezes its one channel first).
+HEAD_LEAD_OPS = ("Squeeze",)
+
+
+@dataclass
+class HeadTail:
+    """The nodes of a deployment head, cut off a graph at the scores tensor they read."""
+
+    scores: str
+    prediction: onnx.ValueInfoProto
+    nodes: list
+    initializers: list
+    #: The graph's opset imports (the head's nodes are of its default opset, custom ones of their domain's).
+    opset_imports: list
+    scores_is_output: bool
+
+
+def split_head(model: onnx.ModelProto, prediction: str) -> tuple[onnx.ModelProto, HeadTail]:
+    """(the scores graph, the head) of a graph whose ``prediction`` output a deployment head makes.
+
+    The scores graph ends in the tensor the head reads (float32 (N, C, h, w): full-resolution
+    logits, or the low-resolution ones the fused node upsamples), in the prediction's place among
+    the outputs; ``attach_head`` puts the head back. ValueError when no head makes ``prediction``.
+    """
+    nodes = list(model.graph.node)
+    producers = {out: index for index, node in enumerate(nodes) for out in node.output}
+    chain, index = [], producers.get(prediction)
+    while index is not None and nodes[index].op_type in HEAD_PASS_OPS:
+        chain.append(index)
+        index = producers.get(nodes[index].input[0])
+    if index is None or nodes[index].op_type not in HEAD_OPS:
+        raise ValueError(f"output {prediction!r} is not made by a deployment head ({', '.join(HEAD_OPS)})")
+    chain.append(index)
+    while (lead := producers.get(nodes[index].input[0])) is not None and nodes[lead].op_type in HEAD_LEAD_OPS:
+        index = lead
+        chain.append(index)
+    scores = nodes[index].input[0]
+    scores_model = onnx.ModelProto()
+    scores_model.CopyFrom(model)
+    graph = scores_model.graph
+    kept_nodes = [node for i, node in enumerate(nodes) if i not in chain]  # the original's: extend() copies them
+    chain = [nodes[i] for i in chain]
+    used = {name for n in kept_nodes for name in n.input}
+    tail_inputs = {name for n in chain for name in n.input}
+    initializers = [t for t in model.graph.initializer if t.name in tail_inputs]
+    graph.ClearField("node")
+    graph.node.extend(kept_nodes)
+    for tensor in [t for t in graph.initializer if t.name in tail_inputs and t.name not in used]:
+        graph.initializer.remove(tensor)
+    outputs = [o.name for o in graph.output]
+    position = outputs.index(prediction)
+    original = graph.output[position]
+    kept = onnx.ValueInfoProto()
+    kept.CopyFrom(original)
+    graph.output.remove(original)
+    scores_is_output = scores in outputs
+    if not scores_is_output:
+        graph.output.insert(position, _value_info(model, scores))
+    custom = {n.domain for n in chain if n.domain not in ("", "ai.onnx")}
+    if custom and not any(n.domain in custom for n in kept_nodes):
+        imports = [o for o in scores_model.opset_import if o.domain not in custom]
+        scores_model.ClearField("opset_import")
+        scores_model.opset_import.extend(imports)
+    tail = HeadTail(scores, kept, list(reversed(chain)), initializers, list(model.opset_import), scores_is_output)
+    return scores_model, tail
+
+
+def attach_head(model: onnx.ModelProto, tail: HeadTail) -> onnx.ModelProto:
+    """``model`` (a scores graph, e.g. reduced in precision) with ``tail``'s head read from its
+    scores output again, converted to the model's opset if a step changed it."""
+    from onnx import helper, version_converter
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    nodes, initializers = tail.nodes, tail.initializers
+    opset = default_opset(result)
+    own_opset = next((o.version for o in tail.opset_imports if o.domain in ("", "ai.onnx")), opset)
+    if opset != own_opset:  # e.g. an opset 12 head after quantization needed opset 13 (Squeeze's axes became an input)
+        inputs = sorted({name for n in nodes for name in n.input if name} - {t.name for t in initializers}
+                        - {out for n in nodes for out in n.output})  # fmt: skip
+        alone = helper.make_model(
+            helper.make_graph(nodes, "head", [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs],
+                              [tail.prediction], initializers),
+            opset_imports=tail.opset_imports,
+        )  # fmt: skip
+        converted = version_converter.convert_version(alone, opset).graph
+        nodes, initializers = list(converted.node), list(converted.initializer)
+    outputs = [o.name for o in graph.output]
+    if tail.scores not in outputs:
+        raise ValueError(f"the scores graph has no output {tail.scores!r} for the head to read")
+    position = outputs.index(tail.scores)
+    if tail.scores_is_output:
+        position = len(outputs)
+    else:
+        graph.output.remove(graph.output[position])
+    graph.output.insert(position, tail.prediction)
+    graph.node.extend(nodes)
+    present = {t.name: t for t in graph.initializer}
+    for tensor in initializers:
+        if tensor.name not in present:
+            graph.initializer.append(tensor)
+        elif present[tensor.name].data_type != tensor.data_type:
+            raise ValueError(f"the reduced graph changed the head's constant {tensor.name!r}")
+    have = {o.domain for o in result.opset_import}
+    result.opset_import.extend(o for o in tail.opset_imports if o.domain not in have)
+    return result
+
+
+def _value_info(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    """The type of tensor ``name`` as shape inference finds it (float32, shape unknown if it cannot)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # custom domains or graphs shape inference cannot follow
+        inferred = model
+    found = next((v for v in [*inferred.graph.value_info, *inferred.graph.output] if v.name == name), None)
+    if found is not None and found.type.tensor_type.elem_type:
+        value = onnx.ValueInfoProto()
+        value.CopyFrom(found)
+        return value
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)

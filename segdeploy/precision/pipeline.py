@@ -5,6 +5,17 @@ what the manifest records. A result is keyed by everything it depends on (parent
 files, settings, tool versions): re-running with the same inputs finds the key in the output
 folder's manifest and reuses the result; INT8 calibration ranges are cached under their own key,
 so a run that changes only the gate settings quantizes again without recalibrating.
+
+A model with a deployment head appended by segdeploy (``probabilities``, ``labels``, fused or
+not: ``segdeploy.head``) is reduced without it: the head is cut off at the scores tensor it reads,
+the scores graph is converted or calibrated and quantized, and every build gets the head back
+unchanged (``graph.split_head``/``attach_head``). Reducing the head graph itself would be no
+better and harder: the FP16 converter would type the ArgMax/Cast/threshold and the fused node's
+input, the quantizer would put Q/DQ around them, and ONNX Runtime's quantization tools (shape
+inference, the calibrator's sessions) cannot load the fused node. The head computes nothing a
+lower precision would speed up (an argmax or a softmax over the scores), the fused node reads the
+scores as float32 through the FP16 graph's output Cast (at the scores' low resolution), and the
+gate still runs the whole head graph: label maps against the FP32 head artifact's.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from .comparison import DEFAULT_BATCH, Outputs, Reference, compare, measure_late
 from .data import ImageSet, folder_fingerprint, image_folder_files, load_image_set, what_to_look_for
 from .fp16 import convert_to_fp16, overflowing_nodes
 from .gate import Budget, GateOutcome, run_gate
-from .graph import keep_only_outputs, layer_macs, name_nodes, weighted_layers
+from .graph import HeadTail, attach_head, keep_only_outputs, layer_macs, name_nodes, split_head, weighted_layers
 from .int8 import SCHEMES, Int8Builder
 
 #: Probe images generated when no --val folder is given to ``fp16`` (seeded, so results repeat).
@@ -106,10 +117,11 @@ def make_fp16(
     if reused:
         return PrecisionResult(output_dir, reused, "fp16", True)
 
+    _check_budget(source, gate)
     validation = _validation_set(source, val_dir, fallback=None)
     _settle_size(source, validation)
     with tempfile.TemporaryDirectory(prefix="segdeploy-fp16-") as work:
-        float_path, preparation = _prepare(source, Path(work), None, progress)
+        float_path, preparation, tail = _prepare(source, Path(work), None, progress)
         model = name_nodes(load_onnx(float_path))
         unknown = set(keep_fp32) - {n.name for n in model.graph.node}
         if unknown:
@@ -122,7 +134,7 @@ def make_fp16(
         def build(keep: frozenset) -> Path:
             out = Path(work) / f"fp16-{next(builds)}.onnx"
             onnx.save(convert_to_fp16(model, always_fp32 | keep), str(out))
-            return out
+            return _put_head_back(out, tail)
 
         candidates = [layer for layer in weighted_layers(model) if layer[0] not in always_fp32]
         named = Path(work) / "fp32-named.onnx"
@@ -168,6 +180,7 @@ def make_int8(
         batch = source.batch  # a fixed-batch graph takes only its own batch size
     if batch < 1 or min_images < 1:
         raise BadInputError("--batch and --min-images must be at least 1")
+    _check_budget(source, gate)
     output_dir = output_dir_for(source, output_dir, "int8")
     calibration = {"method": method, "batch": batch, "max_images": max_images, "preprocessing": source.spec,
                    "files_sha256": _fingerprint(calib_dir, "calibration", source.spec, max_images)}  # fmt: skip
@@ -195,7 +208,7 @@ def make_int8(
                             f"tensors {calib.size[0]}x{calib.size[1]}; give both at one size")  # fmt: skip
     cache = output_dir / f"calibration-{calibration_key[:16]}.json"
     with tempfile.TemporaryDirectory(prefix="segdeploy-int8-") as work:
-        float_path, preparation = _prepare(source, Path(work), QDQ_MIN_OPSET, progress)
+        float_path, preparation, tail = _prepare(source, Path(work), QDQ_MIN_OPSET, progress)
         progress("preparing the graph (shape inference, constant folding)")
         builder = Int8Builder(float_path, scheme, method, Path(work), cache, percentile)
         recalibrated = not cache.is_file()
@@ -238,7 +251,7 @@ def make_int8(
         }
         always_float = frozenset(keep_float)
         return _gate_and_write(source, output_dir, "int8", profile.name, "quantization", section,
-                               lambda keep: builder.build(always_float | keep),
+                               lambda keep: _put_head_back(builder.build(always_float | keep), tail),
                                [c for c in candidates if c[0] not in always_float], builder.prepared,
                                validation, gate, progress)  # fmt: skip
 
@@ -254,8 +267,8 @@ def _gate_and_write(source: Source, output_dir: Path, precision: str, target: st
     progress(f"running FP32 on {len(validation)} validation samples")
     fp32 = open_session(source.onnx_path)  # the parent as the user gave it: every output, unconverted
     outputs = Outputs.of(source.heads, source.prediction)
-    reference = Reference.compute(fp32, validation, source.spec, batch, fixed,
-                                  keep_logits=gate.budget.max_prob_error is not None, outputs=outputs)  # fmt: skip
+    reference = Reference.compute(fp32, validation, source.spec, batch, fixed, keep_logits=gate.budget.max_prob_error is not None,
+                                  outputs=outputs, classes=len(source.manifest["classes"]))  # fmt: skip
     subset = reference.subset(gate.sensitivity_images, fp32)
     outcome = run_gate(build, candidates, reference, subset, gate.budget, gate.sensitivity, progress)
     progress("measuring the final model's error against FP32")
@@ -329,19 +342,52 @@ def _settle_size(source: Source, samples: ImageSet) -> None:
         source.spec["size"] = [int(s) for s in samples.size]
 
 
-def _prepare(source: Source, work: Path, min_opset: int | None, progress) -> tuple[Path, dict]:
-    """The float graph a step reduces: FP16 weights behind Casts folded, converted to ``min_opset``
-    if older, side outputs dropped when the manifest asks; (its path, the section's record)."""
-    progress("preparing the graph (FP16 weight casts, opset)")
-    prepared = prepare_graph(source.onnx_path, work, source.spec, min_opset=min_opset)
-    record = {"graph_preparation": prepared.report} if prepared.changed else {}
+def _prepare(source: Source, work: Path, min_opset: int | None, progress) -> tuple[Path, dict, HeadTail | None]:
+    """The float graph a step reduces: the scores graph under a deployment head (see the module's
+    notes), FP16 weights behind Casts folded, converted to ``min_opset`` if older, side outputs
+    dropped when the manifest asks; (its path, the section's record, the head to put back or None)."""
+    progress("preparing the graph (deployment head, FP16 weight casts, opset)")
+    path, tail, record = source.onnx_path, None, {}
+    if _has_segdeploy_head(source):
+        try:
+            scores_model, tail = split_head(load_onnx(path), source.prediction)
+        except ValueError as exc:
+            raise BadInputError(f"{path}: the manifest says the model ends in a {source.head.name} head, but {exc}") from None
+        path = work / "scores" / source.onnx_path.name  # the user's file name in what preparation reports
+        path.parent.mkdir()
+        onnx.save(scores_model, str(path))
+        record["deployment_head"] = {"name": source.head.name, "fused": source.head.fused, "scores_tensor": tail.scores,
+                                     "nodes": [n.op_type for n in tail.nodes],
+                                     "handling": "the scores graph is reduced; the head is put back unchanged"}  # fmt: skip
+    prepared = prepare_graph(path, work, source.spec, min_opset=min_opset)
+    if prepared.changed:
+        record["graph_preparation"] = prepared.report
     path = prepared.path
     if source.drop_side_outputs:
-        pruned, dropped = keep_only_outputs(load_onnx(path), [source.prediction])
+        pruned, dropped = keep_only_outputs(load_onnx(path), [tail.scores if tail else source.prediction])
         path = work / "float-prediction-only.onnx"
         onnx.save(pruned, str(path))
         record["dropped_side_outputs"] = dropped
-    return path, record
+    return path, record, tail
+
+
+def _has_segdeploy_head(source: Source) -> bool:
+    """Whether the prediction is a head segdeploy appended (the manifest's ``head`` section), or a
+    label map; a user's graph ending in its own Sigmoid or Softmax is reduced as it is."""
+    return source.head.name != "logits" and (not source.head.has_scores or bool(source.manifest.get("head")))
+
+
+def _put_head_back(scores_path: Path, tail: HeadTail | None) -> Path:
+    """The reduced scores graph at ``scores_path`` with the deployment head attached again (in place)."""
+    if tail is not None:
+        onnx.save(attach_head(load_onnx(scores_path), tail), str(scores_path))
+    return scores_path
+
+
+def _check_budget(source: Source, gate: GateSettings) -> None:
+    if gate.budget.max_prob_error is not None and not source.head.has_scores:
+        raise BadInputError(f"--max-prob-error: {source.onnx_path} outputs labels only (deployment head 'labels'): there "
+                            "are no probabilities to compare; the gate compares its label maps")  # fmt: skip
 
 
 def _target(source: Source, name: str | None, default: str | None):

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "segdeploy/dtype.h"
 #include "segdeploy/status.h"
 
 #ifdef __cplusplus
@@ -35,8 +36,6 @@ typedef enum sd_crf_normalization {
   SD_CRF_NORMALIZE_SYMMETRIC = 0, /* pydensecrf NORMALIZE_SYMMETRIC (its default) */
   SD_CRF_NORMALIZE_AFTER = 1      /* pydensecrf NORMALIZE_AFTER */
 } sd_crf_normalization;
-
-typedef enum sd_dtype { SD_DTYPE_FLOAT32 = 0, SD_DTYPE_FLOAT16 = 1 } sd_dtype;
 
 typedef enum sd_image_layout {
   SD_IMAGE_HWC = 0, /* (batch, height, width, 3) */

@@ -196,6 +196,9 @@ class TrtRunner(Runner):
         del staged
         return outputs
 
+    def output_copy(self) -> str:
+        return "device-to-host copy of every output (the engine's own dtypes) after the engine, synchronised: timed"
+
     def time_on_device(self, feed: dict[str, np.ndarray], iterations: int) -> list[float] | None:
         """GPU time of the engine alone (inputs copied once beforehand), per run, from CUDA events."""
         staged = self._stage(feed)

@@ -2,7 +2,9 @@
 
 The engine runs in TensorRT, the reference in ONNX Runtime on the CPU; their prediction outputs
 are compared with the parity gate's measures (max |Δ| against max_abs_diff + rtol × max |reference|,
-label agreement as the manifest's head reads labels) against per-precision thresholds. The
+label agreement as the manifest's head reads labels) against per-precision thresholds. An engine
+whose graph ends in the ``labels`` head hands back label maps (uint8 or int32, the engine's own
+dtype): they are compared directly, by agreement alone (class ids have no error of values). The
 engine file is checked against engine.json first, so a changed file is refused without TensorRT.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from ...errors import BadInputError, VerificationError
 from ...fileio import sha256_file
-from ...manifest import ONNX_NAME
+from ...manifest import ONNX_NAME, resolve_artifact
 from ...outputs import Head
 from ...parity import DEFAULT_RTOL, Thresholds, compare_outputs, sample_images
 from ...preprocess import find_images, preprocess_files
@@ -35,6 +37,37 @@ VERIFY_THRESHOLDS = {
     "fp16": Thresholds(0.5, 0.99, 1e-2),
     "int8": Thresholds(5.0, 0.98, 0.2),
 }
+
+
+@dataclass(frozen=True)
+class LabelsResult:
+    """Two label maps (a ``labels`` head's outputs) compared at one input shape: agreement alone."""
+
+    shape: tuple[int, ...]
+    output: str
+    agreement: float
+    disagreeing_pixels: int
+    #: How many classes the reference predicts somewhere: 1 means agreement proves little.
+    reference_classes_seen: int
+    passed: bool
+
+    @classmethod
+    def compare(cls, reference: np.ndarray, candidate: np.ndarray, min_agreement: float, shape, name: str) -> LabelsResult:
+        if reference.shape != candidate.shape:
+            return cls(tuple(shape), name, 0.0, int(reference.size), int(np.unique(reference).size), False)
+        same = int(np.count_nonzero(reference == candidate))
+        agreement = same / reference.size if reference.size else 1.0
+        return cls(tuple(shape), name, agreement, int(reference.size - same), int(np.unique(reference).size),
+                   agreement >= min_agreement)
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "output": self.output, "compared": "labels", "agreement": self.agreement,
+                "disagreeing_pixels": self.disagreeing_pixels, "reference_classes_seen": self.reference_classes_seen,
+                "passed": self.passed}
+
+    def describe(self) -> str:
+        return (f"output {self.output!r}: label agreement {self.agreement:.4%} ({self.disagreeing_pixels} pixels differ; "
+                "label maps are compared directly)")
 
 
 @dataclass
@@ -129,6 +162,7 @@ def verify_engine(engine, onnx=None, images=None, count: int = 4, shapes=None, t
     batches = verification_inputs(manifest, images, count, shapes, seed)
     output_name = (manifest.get("output") or {}).get("name") or "logits"
     head = Head.from_manifest(manifest)
+    reference_manifest = resolve_artifact(reference)[1] or {}
     input_name = next(iter(manifest["profiles"][0]))
     results = []
     with TrtRunner.from_engine(engine_path) as engine_runner, OnnxrtRunner(SessionFromOnnx(reference)) as ort_runner:
@@ -137,11 +171,27 @@ def verify_engine(engine, onnx=None, images=None, count: int = 4, shapes=None, t
             feed = {input_name: x}
             actual = engine_runner.infer(feed)
             expected = ort_runner.infer(feed)
-            name = output_name if output_name in actual and output_name in expected else next(iter(expected))
-            results.append(compare_outputs(expected[name], actual[name].astype(expected[name].dtype), thresholds, shape,
-                                           head, name))
+            if head.has_scores:
+                name = output_name if output_name in actual and output_name in expected else next(iter(expected))
+                results.append(compare_outputs(expected[name], actual[name].astype(expected[name].dtype), thresholds,
+                                               shape, head, name))
+            else:
+                name = output_name if output_name in actual else next(iter(actual))
+                results.append(LabelsResult.compare(reference_labels(expected, name, reference_manifest), actual[name],
+                                                    thresholds.min_agreement, shape, name))
         warnings = list(engine_runner.warnings)
     return VerifyReport(engine_path, reference, manifest.get("precision", "fp32"), thresholds, results, warnings)
+
+
+def reference_labels(expected: dict[str, np.ndarray], name: str, reference_manifest: dict) -> np.ndarray:
+    """The reference's label map for a labels engine's output ``name``: the reference's own output when it ends
+    in the labels head too, else its prediction read on the host as its manifest says (the FP32 parent of an
+    FP16 or INT8 labels artifact is the scores graph)."""
+    if name in expected:
+        return expected[name]
+    prediction = (reference_manifest.get("output") or {}).get("name")
+    scores = expected[prediction] if prediction in expected else next(iter(expected.values()))
+    return Head.from_manifest(reference_manifest).labels(scores.astype(np.float32))
 
 
 def raise_for_verification(report: VerifyReport) -> None:
