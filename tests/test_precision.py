@@ -98,13 +98,24 @@ def test_fp16_keeps_layers_with_activations_beyond_its_range_in_fp32(tmp_path, i
 
 
 def test_fp16_sensitivity_analysis_keeps_layers_in_fp32_until_the_budget_holds(fixture_artifact, image_folders, tmp_path):
-    out = tmp_path / "fp16_exact"
-    # Photos, not the fixture's own scenes: on those it is so sure that FP16 may agree on every pixel,
-    # depending on the CPU that trained it (seen: 100.000% on one machine, 99.997% on another).
-    result, _ = run_json("fp16", fixture_artifact, "--val", image_folders["val_photos"], "--min-agreement", "1.0",
-                         "-o", out)
+    # Photos, not the fixture's own scenes: on those it is so sure that FP16 may agree on every pixel.
+    # The budget lies between what FP16 gives and what it gives with every weighted layer kept in FP32
+    # (the other ops stay FP16, so that may miss 100% by a near-tie pixel, depending on the trained
+    # fixture): the search must keep some layers, and can meet the budget.
+    val = ["--val", image_folders["val_photos"]]
+    reduced, _ = run_json("fp16", fixture_artifact, *val, "--no-sensitivity", "--min-agreement", "0", "-o", tmp_path / "all")
+    convs = [n.name for n in onnx.load(str(tmp_path / "all" / "model.onnx")).graph.node if n.op_type == "Conv"]
+    keep_all = [arg for name in convs for arg in ("--keep-fp32", name)]
+    kept_all, _ = run_json("fp16", fixture_artifact, *val, *keep_all, "--no-sensitivity", "--min-agreement", "0",
+                           "-o", tmp_path / "kept")
+    floor, ceiling = reduced["gate"]["final"]["agreement"], kept_all["gate"]["final"]["agreement"]
+    assert ceiling > floor, (floor, ceiling)  # photos put some pixels near a tie: FP16 flips a few of them
+    budget = (floor + ceiling) / 2
+
+    out = tmp_path / "fp16_budget"
+    result, _ = run_json("fp16", fixture_artifact, *val, "--min-agreement", f"{budget:.9f}", "-o", out)
     gate = result["gate"]
-    assert gate["before_sensitivity"]["agreement"] < 1.0 == gate["final"]["agreement"]
+    assert gate["before_sensitivity"]["agreement"] < budget <= gate["final"]["agreement"]
     kept = set(gate["kept_in_higher_precision"])
     assert kept and len(gate["sensitivity_ranking"]) == 7
     model = onnx.load(str(out / "model.onnx"))
