@@ -6,6 +6,9 @@ a noisy unary (segdeploy.crf.synthetic_logits), 10 iterations, DeepLab v2 parame
 (spatial 3/3, bilateral 4/67/3). Reports medians, the CPU speed-up as a ratio of medians, and
 the agreement of each implementation with the reference (label agreement, mean |dQ|), and what
 running the CRF as an ONNX Runtime node (export --crf) costs over calling the kernel directly.
+The portable CPU build (baseline instruction set, float32 lattice: what ARM CPUs such as a Jetson's
+run; forced by SEGDEPLOY_CPU_PORTABLE=1) is timed in the same alternation and its ratio printed
+beside the dispatched build's.
 
     PYTHONPATH=. python benchmarks/crf.py [--repeats 5] [--json out.json]
 """
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from readme_blocks import provenance, replace_block  # noqa: E402  (beside this script)
 
 from segdeploy import _native  # noqa: E402
-from segdeploy.crf import CRFParams, CudaBuffer, _binding, dense_crf, synthetic_logits  # noqa: E402
+from segdeploy.crf import CRFParams, CudaBuffer, _binding, dense_crf, synthetic_logits, workspace_bytes  # noqa: E402
 
 PARAMS = CRFParams()  # DeepLab v2
 CLASSES = 21
@@ -65,11 +68,25 @@ def agreement(probabilities: np.ndarray, reference: np.ndarray) -> dict:
             "mean_abs_dq": float(np.abs(probabilities - reference).mean())}
 
 
+def portable_crf(logits, image, threads: int) -> np.ndarray:
+    """The CRF on the portable CPU build: the library reads SEGDEPLOY_CPU_PORTABLE at each call."""
+    previous = os.environ.get("SEGDEPLOY_CPU_PORTABLE")
+    os.environ["SEGDEPLOY_CPU_PORTABLE"] = "1"
+    try:
+        return dense_crf(logits, image, PARAMS, output="probabilities", num_threads=threads)
+    finally:
+        if previous is None:
+            del os.environ["SEGDEPLOY_CPU_PORTABLE"]
+        else:
+            os.environ["SEGDEPLOY_CPU_PORTABLE"] = previous
+
+
 def time_cpu(logits, image, repeats: int, threads: int) -> dict:
-    """Ours and, when installed, pydensecrf2, alternating so that both see the same machine load."""
+    """Ours (the dispatched build and the portable one) and, when installed, pydensecrf2,
+    alternating so that all see the same machine load."""
     have_reference = importlib.util.find_spec("pydensecrf") is not None
-    ours, reference_times = [], []
-    probabilities = reference = None
+    ours, portable, reference_times = [], [], []
+    probabilities = portable_probabilities = reference = None
     load_before = os.getloadavg()
     for _ in range(repeats):
         if have_reference:
@@ -79,14 +96,20 @@ def time_cpu(logits, image, repeats: int, threads: int) -> dict:
         started = time.perf_counter()
         probabilities = dense_crf(logits, image, PARAMS, output="probabilities", num_threads=threads)
         ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        portable_probabilities = portable_crf(logits, image, threads)
+        portable.append(time.perf_counter() - started)
     result = {"threads": threads or os.cpu_count(), "segdeploy_ms": [t * 1e3 for t in ours],
               "segdeploy_median_ms": statistics.median(ours) * 1e3,
+              "portable_ms": [t * 1e3 for t in portable], "portable_median_ms": statistics.median(portable) * 1e3,
               # The machine's load (1-minute average) before and after: other processes share the cores.
               "load_before": load_before[0], "load_after": os.getloadavg()[0], "cores": os.cpu_count()}
     if have_reference:
         result.update(pydensecrf2_ms=[t * 1e3 for t in reference_times],
                       pydensecrf2_median_ms=statistics.median(reference_times) * 1e3,
                       speedup=statistics.median(reference_times) / statistics.median(ours),
+                      portable_speedup=statistics.median(reference_times) / statistics.median(portable),
+                      portable_agreement=agreement(portable_probabilities, reference),
                       **agreement(probabilities, reference))
     return result, probabilities
 
@@ -171,6 +194,52 @@ def time_cuda(logits, image, repeats: int, cpu_probabilities: np.ndarray, profil
     return result
 
 
+# The GPU workspace at the issue's two sizes (this benchmark's, and a Cityscapes frame's).
+WORKSPACE_SHAPES = (((512, 512), 21), ((1024, 2048), 19))
+
+_CPU_PEAK_SCRIPT = """
+import sys
+import numpy as np
+from segdeploy import _native
+from segdeploy.crf import CRFParams, dense_crf
+def status(field):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+logits, image = np.load(sys.argv[1] + "/logits.npy"), np.load(sys.argv[1] + "/image.npy")
+_native.load_library()
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as peak:
+    peak.write("5")  # the peak (VmHWM) starts again from what is resident now
+dense_crf(logits, image, CRFParams(), output="probabilities", num_threads=int(sys.argv[2]))
+print(status("VmHWM:") - before)
+"""
+
+
+def cpu_peak_memory(logits, image, threads: int) -> dict | None:
+    """Resident memory one CPU call adds at its peak, in a fresh process (the library keeps a thread's
+    scratch between calls, so a warm process shows less), against the call's tensors: the unary and
+    the image in, the probabilities out. None where /proc cannot tell (not Linux)."""
+    import subprocess
+    import tempfile
+
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(f"{folder}/logits.npy", logits)
+        np.save(f"{folder}/image.npy", image)
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        run = subprocess.run([sys.executable, "-c", _CPU_PEAK_SCRIPT, folder, str(threads)], capture_output=True,
+                             text=True, timeout=600, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"the CPU peak-memory run failed: {run.stderr[-2000:]}")
+    peak = int(run.stdout.split()[-1])
+    tensors = logits.nbytes + image.nbytes + logits.nbytes  # probabilities: float32, the unary's shape
+    entries = 9 * logits.shape[1] * logits.shape[2]  # lattice entries: 6 per pixel bilateral, 3 spatial
+    return {"cpu_peak_mib": peak / 2**20, "tensors_mib": tensors / 2**20,
+            "beyond_twice_tensors_mib": (peak - 2 * tensors) / 2**20,
+            "beyond_twice_tensors_bytes_per_entry": (peak - 2 * tensors) / entries}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", help="photo to use instead of scikit-image's astronaut (PNG or HxWx3 .npy)")
@@ -200,6 +269,13 @@ def main(argv=None) -> int:
             line += " (pydensecrf2 not installed: no reference timing)"
         line += f"; load average {cpu['load_before']:.2f} -> {cpu['load_after']:.2f} on {cpu['cores']} cores"
         print(line)
+        line = f"CPU portable build (SEGDEPLOY_CPU_PORTABLE=1, as on ARM): median {cpu['portable_median_ms']:.1f} ms"
+        if "speedup" in cpu:
+            portable_agreement = cpu["portable_agreement"]
+            line += (f", speed-up x{cpu['portable_speedup']:.2f} (dispatched build x{cpu['speedup']:.2f}); "
+                     f"vs reference: labels {portable_agreement['label_agreement']:.5f}, "
+                     f"mean |dQ| {portable_agreement['mean_abs_dq']:.2e}")
+        print(line)
         report["onnx_node"] = node = time_onnx_node(logits, image, args.repeats)
         if node is None:
             print("ONNX Runtime node: onnxruntime or onnxruntime-extensions not installed; not timed")
@@ -215,6 +291,17 @@ def main(argv=None) -> int:
               f"mean |dQ| {gpu['mean_abs_dq']:.2e}")
     else:
         print(f"CUDA: no device (kernels built with CUDA: {_native.built_with_cuda()}); not timed")
+    memory = report["memory"] = {}
+    if _native.cuda_device_count() > 0:
+        memory["cuda_workspace_mib"] = {f"{h}x{w}x{c}": workspace_bytes((h, w), c) / 2**20
+                                        for (h, w), c in WORKSPACE_SHAPES}
+        print("CUDA workspace (one bound per shape, any image): " + ", ".join(
+            f"{mib:.0f} MiB at {shape}" for shape, mib in memory["cuda_workspace_mib"].items()))
+    if not args.skip_cpu and (peak := cpu_peak_memory(logits, image, args.threads)) is not None:
+        memory.update(peak)
+        print(f"CPU peak memory of one call: {peak['cpu_peak_mib']:.0f} MiB = 2 x {peak['tensors_mib']:.0f} MiB "
+              f"of tensors (unary, image, probabilities) + {peak['beyond_twice_tensors_mib']:.0f} MiB "
+              f"({peak['beyond_twice_tensors_bytes_per_entry']:.0f} bytes per lattice entry)")
     if args.json:
         from segdeploy.fileio import write_json
 
@@ -238,6 +325,9 @@ def readme_table(report: dict, repeats: int) -> str:
         agree = (f"labels {cpu['label_agreement']:.3%}, mean \\|ΔQ\\| {cpu['mean_abs_dq']:.1e}"
                  if "speedup" in cpu else "—")
         lines.append(f"| segdeploy CPU, {cpu['threads']} threads | {cpu['segdeploy_median_ms']:.0f} ms | {speedup} | {agree} |")
+        portable_speedup = f"{cpu['portable_speedup']:.2f}×" if "speedup" in cpu else "—"
+        lines.append(f"| segdeploy CPU, portable build (as on ARM), {cpu['threads']} threads | "
+                     f"{cpu['portable_median_ms']:.0f} ms | {portable_speedup} | — |")
     if node:
         lines.append(f"| segdeploy CPU as an ONNX Runtime node | {node['onnx_node_median_ms']:.0f} ms | "
                      f"×{node['overhead_ratio']:.2f} of a direct call | same |")

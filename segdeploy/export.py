@@ -75,6 +75,7 @@ def export_model(
     crf: dict | None = None,
     head: str = "logits",
     fused: bool = False,
+    plugins: str = "none",
     progress=_noop_progress,
 ) -> ExportResult:
     """Export ``model_name`` to ``output_dir/model.onnx`` + ``manifest.json`` and run the parity gate.
@@ -89,6 +90,11 @@ def export_model(
     ``head`` (``logits``, ``probabilities`` or ``labels``; ``fused`` for the fused upsample +
     argmax) is appended once the scores graph has passed the gate, and checked against it
     (``segdeploy.head.artifact.build_head``); the manifest's ``head`` section records it.
+
+    ``plugins`` (``auto``, ``all``; default ``none``): once every check has passed, the artifact's
+    depthwise convolutions become segdeploy's nodes (``segdeploy.conv.artifact.apply_plugins``,
+    measured for ``auto``, gated against the exported graph); the manifest's ``plugins`` section
+    records it.
 
     Raises ``VerificationError`` (after writing both files, the manifest marking the failure)
     when the ONNX graph does not reproduce PyTorch within ``thresholds``.
@@ -205,6 +211,21 @@ def export_model(
             f"{onnx_path}: parity gate failed at shape {list(failed.shape)}: {failed.failed_output.describe()}; "
             f"limits: {thresholds.describe()}; the manifest records the failure"
         )
+    if plugins != "none":
+        result = _with_plugins(result, output_dir, plugins, input_size, progress)
+    return result
+
+
+def _with_plugins(result: ExportResult, output_dir: Path, plugins: str, input_size, progress) -> ExportResult:
+    """The gated export with its depthwise convolutions rewritten (``segdeploy plugins``), in place."""
+    from .conv.artifact import apply_plugins
+    from .head.artifact import _move_into_place
+
+    with tempfile.TemporaryDirectory(prefix=".segdeploy-plugins-", dir=Path(output_dir).resolve().parent) as work:
+        staged = apply_plugins(output_dir, Path(work) / "artifact", plugins=plugins, atrous="none",
+                               input_size=tuple(input_size), progress=progress)
+        _move_into_place(staged.output_dir, Path(output_dir))
+    result.manifest = staged.manifest
     return result
 
 

@@ -7,9 +7,10 @@
   ``*Integer``/``QLinear*`` ops, sequences, ...), MaxPool's ``Indices`` output, ops of another
   domain (ONNX Runtime's ``com.microsoft`` contrib ops);
 * ``custom-op``: segdeploy's own nodes (the ``DenseCRF`` node of :mod:`segdeploy.crf`, the fused
-  ``UpsampleArgmax`` of :mod:`segdeploy.head`), which TensorRT runs through segdeploy's plugin
-  library (an IPluginV3, where the release has them; never on DLA) and ONNX Runtime through
-  onnxruntime-extensions;
+  ``UpsampleArgmax`` of :mod:`segdeploy.head`, the ``DepthwiseConv`` of :mod:`segdeploy.conv`), which
+  TensorRT runs through segdeploy's plugin library (an IPluginV3, where the release has them; never
+  on DLA) and ONNX Runtime through onnxruntime-extensions; and those only ONNX Runtime runs (the
+  ``SeparableConv`` block), an error on every TensorRT target;
 * ``resize``: Resize attributes outside what the parser implements (coordinate mode,
   nearest mode, mode, antialias, aspect-ratio policy);
 * ``int64-output``: INT64 graph outputs (an ArgMax head): older releases have no INT64 I/O and
@@ -35,6 +36,7 @@ from pathlib import Path
 import onnx
 
 from .backend.trt.releases import FEATURES, Release
+from .conv import onnx_node as conv_node
 from .crf.onnx_node import CRF_DOMAIN, CRF_OP_TYPE
 from .head import onnx_node as head_node
 from .onnx_io import ONNX_DOMAINS, load_onnx, open_artifact
@@ -99,15 +101,26 @@ def errors(findings: list[Finding]) -> list[Finding]:
 
 
 def custom_ops() -> dict[tuple[str, str], str]:
-    """(domain, op type) -> description of segdeploy's custom nodes, which TensorRT runs as plugins."""
+    """(domain, op type) -> description of segdeploy's custom nodes: TensorRT runs them as plugins, except
+    those of :func:`cpu_only_ops`."""
     return {(CRF_DOMAIN, CRF_OP_TYPE): "segdeploy's dense CRF",
-            (head_node.DOMAIN, head_node.OP_TYPE): "segdeploy's fused upsample + argmax"}
+            (head_node.DOMAIN, head_node.OP_TYPE): "segdeploy's fused upsample + argmax",
+            (conv_node.DOMAIN, conv_node.DEPTHWISE_OP_TYPE): "segdeploy's depthwise convolution",
+            (conv_node.DOMAIN, conv_node.SEPARABLE_OP_TYPE): "segdeploy's separable convolution block"}
+
+
+def cpu_only_ops() -> dict[tuple[str, str], str]:
+    """(domain, op type) -> why and what to do, for segdeploy's custom nodes that have no TensorRT plugin."""
+    return {(conv_node.DOMAIN, conv_node.SEPARABLE_OP_TYPE): (
+        "it is an ONNX Runtime CPU node (TensorRT fuses a depthwise and a 1x1 convolution itself). For a TensorRT "
+        "target, rewrite the original model with `segdeploy plugins --plugins` without separable blocks "
+        "(DepthwiseConv nodes only), or run this graph on ONNX Runtime's CPU")}
 
 
 def custom_nodes(model) -> list:
-    """segdeploy's custom nodes in ``model``: the ones that need the TensorRT plugin library."""
-    known = custom_ops()
-    return [n for n in model.graph.node if (n.domain, n.op_type) in known]
+    """segdeploy's custom nodes in ``model`` that need the TensorRT plugin library."""
+    plugins = custom_ops().keys() - cpu_only_ops().keys()
+    return [n for n in model.graph.node if (n.domain, n.op_type) in plugins]
 
 
 def _attr(node, name: str, default=None):
@@ -166,14 +179,17 @@ def _check_opset(model, target: Target) -> list[Finding]:
 
 def _check_domains(model, names, target: Target) -> list[Finding]:
     found = []
-    known = custom_ops()
+    known, cpu_only = custom_ops(), cpu_only_ops()
     for node, name in zip(model.graph.node, names):
         if node.domain in ONNX_DOMAINS:
             continue
         op = node.op_type
         if (node.domain, op) in known:
             release = Release.of_target(target)
-            if release is None:
+            if release is not None and (node.domain, op) in cpu_only:
+                found.append(Finding("error", "custom-op", f"{known[node.domain, op]} has no TensorRT plugin (target "
+                                     f"{target.name}: {target.runtime_name}): {cpu_only[node.domain, op]}", name, op))
+            elif release is None:
                 found.append(Finding("info", "custom-op", f"{known[node.domain, op]}: ONNX Runtime runs it through "
                                      "onnxruntime-extensions (segdeploy's Python op, registered by its runner)", name, op))
             elif not release.has("ipluginv3"):
@@ -304,8 +320,10 @@ def _check_dla(model, names, target: Target, gpu_fallback: bool) -> list[Finding
         found.append(Finding("warning", "dla", f"target {target.name} is a desktop/server GPU: DLA exists on Jetson "
                                                "(Xavier, Orin) only"))
     fallback = "error" if not gpu_fallback else "warning"
-    plugins = custom_ops()
+    plugins, cpu_only = custom_ops(), cpu_only_ops()
     for node, name in zip(model.graph.node, names):
+        if (node.domain, node.op_type) in cpu_only:
+            continue  # no TensorRT at all: _check_domains reports it
         if (node.domain, node.op_type) in plugins:
             found.append(Finding(fallback, "dla-op", f"{plugins[node.domain, node.op_type]} is a TensorRT plugin: DLA "
                                  "runs no plugins, so it " + ("runs on the GPU (GPU fallback)" if gpu_fallback else

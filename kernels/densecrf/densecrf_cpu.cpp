@@ -118,10 +118,11 @@ int64_t exclusive_scan(int32_t* values, int64_t count) {
 // Rows are read at addresses known a few iterations ahead: prefetching them turns memory latency
 // into bandwidth. kPrefetchAhead is in rows.
 constexpr int kPrefetchAhead = 12;
+// One prefetch per cache line of a row that starts on a line (value_stride pads lattice rows so
+// that they do, and large arrays are line-aligned): one for a float16 row of up to 32 classes.
 inline void prefetch_bytes(const void* row, size_t bytes) {
   const char* p = static_cast<const char*>(row);
   for (size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
-  __builtin_prefetch(p + bytes - 1);
 }
 
 // Lattice values (the splatted and blurred class rows) are stored as float16 where the CPU
@@ -132,10 +133,10 @@ inline void prefetch_bytes(const void* row, size_t bytes) {
 #if defined(__F16C__) && defined(__AVX__)
 typedef uint16_t Value;
 inline Block load_block(const Value* p) {
-  return __builtin_bit_cast(Block, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
+  return simd::bit_cast<Block>(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p))));
 }
 inline void store_block(Value* p, Block b) {
-  _mm_store_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(__builtin_bit_cast(__m256, b), _MM_FROUND_TO_NEAREST_INT));
+  _mm_store_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(simd::bit_cast<__m256>(b), _MM_FROUND_TO_NEAREST_INT));
 }
 #else
 typedef float Value;
@@ -159,14 +160,14 @@ inline Block max(Block a, Block b) { return a > b ? a : b; }
 #if defined(__AVX__)
 inline Block swap_lanes(Block b, int distance) {
   switch (distance) {
-    case 4: return __builtin_shufflevector(b, b, 4, 5, 6, 7, 0, 1, 2, 3);
-    case 2: return __builtin_shufflevector(b, b, 2, 3, 0, 1, 6, 7, 4, 5);
-    default: return __builtin_shufflevector(b, b, 1, 0, 3, 2, 5, 4, 7, 6);
+    case 4: return simd::shuffle<4, 5, 6, 7, 0, 1, 2, 3>(b, b);
+    case 2: return simd::shuffle<2, 3, 0, 1, 6, 7, 4, 5>(b, b);
+    default: return simd::shuffle<1, 0, 3, 2, 5, 4, 7, 6>(b, b);
   }
 }
 #else
 inline Block swap_lanes(Block b, int distance) {
-  return distance == 2 ? __builtin_shufflevector(b, b, 2, 3, 0, 1) : __builtin_shufflevector(b, b, 1, 0, 3, 2);
+  return distance == 2 ? simd::shuffle<2, 3, 0, 1>(b, b) : simd::shuffle<1, 0, 3, 2>(b, b);
 }
 #endif
 inline Block all_lanes_max(Block b) {
@@ -194,7 +195,7 @@ inline Block exp_nonpositive(Block x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const IntBlock exponent = (__builtin_convertvector(n, IntBlock) + 127) << 23;
-  const Block result = p * __builtin_bit_cast(Block, exponent);
+  const Block result = p * simd::bit_cast<Block>(exponent);
   return x < low ? Block{} : result;
 }
 
@@ -255,6 +256,7 @@ class CpuLattice {
     // Every entry could open a vertex: the vertex arrays are sized for that.
     SD_RESERVE(L.vertex_keys, vertex_keys_, entries * D);
     SD_RESERVE(L.vertex_size, vertex_size_, entries);
+    SD_RESERVE(entry_hash_all_, entry_hash_, entries);
 
     PhaseTimer timer;
     const LatticeScale<D> scale;
@@ -262,6 +264,9 @@ class CpuLattice {
       float feature[D];
       feature_of(pixel, feature);
       embed_pixel<D>(L, int32_t(pixel), feature, scale);
+      // The keys' hashes here, in parallel, take them off the sequential numbering's path.
+      for (int64_t entry = pixel * kVertices; entry < (pixel + 1) * kVertices; ++entry)
+        entry_hash_all_[entry] = hash_key<D>(L.key(int32_t(entry)));
     });
     timer("embed");
     // Numbering the vertices is sequential: another thread meanwhile runs `alongside`.
@@ -277,7 +282,18 @@ class CpuLattice {
     // Only the upper neighbour along each axis is looked up: the lower one of a vertex is the
     // vertex whose upper neighbour it is.
     SD_RESERVE(upper_all_, upper_, size_t(vertices) * kVertices);
+    // The table is read at random: the slots of a vertex kLookAhead further on are requested
+    // while this one's are probed, so that more misses overlap than one vertex's D+1.
+    constexpr int64_t kLookAhead = 4;
     pool.parallel_for(vertices, [&](int64_t v) {
+      if (v + kLookAhead < vertices) {
+        const int32_t* key = L.vertex_key(int32_t(v + kLookAhead));
+        for (int axis = 0; axis < kVertices; ++axis) {
+          int32_t around[D];
+          neighbor_key<D>(key, axis, 1, around);
+          prefetch(L.table + (hash_key<D>(around) & L.table_mask));
+        }
+      }
       LatticeStep steps[kVertices];
       for (int axis = 0; axis < kVertices; ++axis) steps[axis] = {axis, 1};
       int32_t found[kVertices];
@@ -322,9 +338,9 @@ class CpuLattice {
     int32_t vertices = 0;
     constexpr int kAhead = 8;  // entries: the next slots are fetched while this one is probed
     for (int32_t entry = 0; entry < L.entries; ++entry) {
-      if (entry + kAhead < L.entries) prefetch(L.table + (hash_key<D>(L.key(entry + kAhead)) & L.table_mask));
+      if (entry + kAhead < L.entries) prefetch(L.table + (entry_hash_all_[entry + kAhead] & L.table_mask));
       const int32_t* key = L.key(entry);
-      const uint32_t hash = hash_key<D>(key);
+      const uint32_t hash = entry_hash_all_[entry];
       uint32_t slot = hash & L.table_mask;
       while (L.table[slot].held != kEmptySlot &&
              !(L.table[slot].hash == hash && same_key<D>(L.vertex_key(L.table[slot].held), key)))
@@ -564,6 +580,8 @@ class CpuLattice {
   int32_t* chain_vertex_all_ = nullptr;  // [D+1][vertices]: each axis's chains, one after another
   int32_t* chain_start_all_ = nullptr;   // [D+1][vertices / 2 + 2]: where each chain starts
   Buffer<TableSlot> table_;
+  uint32_t* entry_hash_all_ = nullptr;   // [entries]: hash_key of each entry's key
+  Buffer<uint32_t> entry_hash_;
   Buffer<int32_t> keys_, entry_vertex_, vertex_keys_, vertex_size_,
       segment_start_, segment_entry_, upper_, chain_vertex_, chain_start_, splat_pixel_;
   Buffer<uint8_t> has_lower_;
@@ -679,7 +697,7 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
     const auto load = [&](ThreadPool& threads) {
       loaded = load_log_prob(io, image, log_prob, width, threads);
       threads.parallel_for(pixels, [&](int64_t i) {
-        std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, q_rows + i * blocks);
+        for (int b = 0; b < blocks; ++b) q_rows[i * blocks + b] = log_prob_rows[i * blocks + b];
         softmax_row(q_rows + i * blocks, blocks);
       });
     };
@@ -727,7 +745,9 @@ Error run(const sd_crf_params& p, const sd_crf_io& io, ThreadPool& pool, Scratch
           for (int n = 0; n < kRows; ++n) {
             const int64_t i = first + n;
             rows[n] = kBlocks > 0 ? registers[n] : q_rows + i * blocks;
-            std::copy(log_prob_rows + i * blocks, log_prob_rows + (i + 1) * blocks, rows[n]);
+            // A loop, not std::copy: with `count` a constant it stays in registers (std::copy
+            // of a run-time length is a call to memmove per pixel).
+            for (int b = 0; b < count; ++b) rows[n][b] = log_prob_rows[i * blocks + b];
             if (spatial) spatial->add_message<kBlocks>(i, spatial_blurred, blocks, rows[n]);
             if (bilateral) bilateral->add_message<kBlocks>(i, bilateral_blurred, blocks, rows[n]);
           }

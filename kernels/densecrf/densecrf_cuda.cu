@@ -132,8 +132,8 @@ class CudaCrf {
 
   template <int D>
   static Error scan(DeviceLattice<D>& lattice, const int32_t* in, int32_t* out, int32_t items, cudaStream_t stream) {
-    size_t bytes = lattice.temp_bytes;
-    return cuda_error(cub::DeviceScan::ExclusiveSum(lattice.temp, bytes, in, out, items, stream), "cub::DeviceScan");
+    size_t bytes = lattice.scan_temp_bytes;
+    return cuda_error(cub::DeviceScan::ExclusiveSum(lattice.scan_temp, bytes, in, out, items, stream), "cub::DeviceScan");
   }
 
   // Builds the lattice of the kernel and its weights (the steps of lattice_build.h).
@@ -154,11 +154,12 @@ class CudaCrf {
     SD_RETURN_IF_ERROR(profile_.mark(name, " build: hash, number"));
     SD_RETURN_IF_ERROR(scan(lattice, L.vertex_size, L.segment_start, entries + 1, stream));
     // Entries grouped by vertex, in entry order within a vertex: a stable sort by vertex.
-    size_t sort_bytes = lattice.temp_bytes;
+    size_t sort_bytes = lattice.sort_temp_bytes;
     SD_RETURN_IF_ERROR(cuda_error(
-        cub::DeviceRadixSort::SortPairs(lattice.temp, sort_bytes, L.entry_vertex, lattice.sorted_vertex,
+        cub::DeviceRadixSort::SortPairs(lattice.sort_temp, sort_bytes, L.entry_vertex, lattice.sorted_vertex,
                                         lattice.entry_index, L.segment_entry, entries, 0, vertex_bits(entries), stream),
         "cub::DeviceRadixSort::SortPairs"));
+    SD_LAUNCH(clear_lower_neighbors_kernel<D>, blocks_for(entries), stream, L);
     SD_LAUNCH(neighbors_kernel<D>, blocks_for(entries), stream, L);
     const int64_t axis_entries = int64_t(entries) * (D + 1);  // below 2^31: check_size
     SD_LAUNCH(sequence_kernel<D>, blocks_for(axis_entries), stream, L, lattice.chain_cursor, lattice.sequences);

@@ -119,24 +119,29 @@ __global__ void owner_flag_kernel(LatticeArrays<D> L, int32_t* flags, int32_t* e
 }
 
 template <int D>
-// Also marks each new vertex as having no lower neighbours (M) for neighbors_kernel to link.
 __global__ void assign_kernel(LatticeArrays<D> L) {
   follow_previous_kernel();
+  SD_GRID_STRIDE(entry, L.entries) assign_vertex<D>(L, entry);
   // The scan ran over entries + 1 flags (the last one 0), so its last value is M.
-  const int32_t vertices = L.owner_rank[L.entries];
-  SD_GRID_STRIDE(entry, L.entries) {
-    assign_vertex<D>(L, entry);
-    const int32_t vertex = L.owner_rank[entry];
-    if (L.owner_rank[entry + 1] == vertex) continue;  // the entry does not own its key
-    for (int axis = 0; axis <= D; ++axis) L.neighbors[(int64_t(axis) * L.neighbor_stride + vertex) * 2] = vertices;
-  }
-  if (blockIdx.x == 0 && threadIdx.x == 0) *L.vertex_count = vertices;
+  if (blockIdx.x == 0 && threadIdx.x == 0) *L.vertex_count = L.owner_rank[L.entries];
 }
 
 template <int D>
 __global__ void relabel_kernel(LatticeArrays<D> L) {
   follow_previous_kernel();
   SD_GRID_STRIDE(slot, int32_t(L.table_mask) + 1) relabel_slot<D>(L, uint32_t(slot));
+}
+
+// Marks every vertex as having no lower neighbours (M) for neighbors_kernel to link. A kernel of
+// its own, after the sort: the neighbours' memory is the hashing's keys and scans until then
+// (densecrf_cuda_workspace.h).
+template <int D>
+__global__ void clear_lower_neighbors_kernel(LatticeArrays<D> L) {
+  follow_previous_kernel();
+  const int32_t vertices = *L.vertex_count;
+  SD_GRID_STRIDE(v, vertices) {
+    for (int axis = 0; axis <= D; ++axis) L.neighbors[(int64_t(axis) * L.neighbor_stride + v) * 2] = vertices;
+  }
 }
 
 template <int D>

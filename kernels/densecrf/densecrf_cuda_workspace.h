@@ -1,6 +1,8 @@
 // The device memory of the CUDA dense CRF: one workspace holds every array at its worst-case
-// size (each entry its own vertex), so one allocation per image size serves every call; its
-// layout is computed by Layout below.
+// size (each entry its own vertex: a noise image with the default parameters comes within 2% of
+// it), so one allocation per image size serves every call, whatever the image; its layout is
+// computed by Layout below. Arrays that are never live at the same time share memory (see
+// carve_lattice).
 #ifndef SEGDEPLOY_DENSECRF_CUDA_WORKSPACE_H
 #define SEGDEPLOY_DENSECRF_CUDA_WORKSPACE_H
 
@@ -48,8 +50,10 @@ struct DeviceLattice {
   float* row_scratch;       // [entries + 1]
   float* pre;               // [pixels]
   float* post;              // [pixels]
-  void* temp;               // CUB's scratch for the scans and the sort (each lattice its own: the
-  size_t temp_bytes;        // two lattices are built concurrently)
+  void* scan_temp;          // CUB's scratch for the scans (each lattice its own: the two lattices
+  size_t scan_temp_bytes;   // are built concurrently)
+  void* sort_temp;          // and for the sort, much the larger: in memory the hashing no longer needs
+  size_t sort_temp_bytes;
 };
 
 // Carves the workspace; with a null base it only measures.
@@ -64,6 +68,10 @@ class Carver {
     return p;
   }
   size_t size() const { return offset_ + kAlignment; }  // + slack to align the base
+  // Where the next array goes; rewinding there again carves a second set of arrays over the
+  // same memory (for arrays that are never live at the same time).
+  size_t offset() const { return offset_; }
+  void rewind(size_t offset) { offset_ = offset; }
   static constexpr size_t kAlignment = 256;
 
  private:
@@ -79,8 +87,8 @@ int vertex_bits(int64_t entries) {
 }
 
 // Bytes of CUB scratch for a lattice's scans (of entries + 1 items) and its sort (entries pairs).
-Error cub_scratch_bytes(int64_t entries, size_t& bytes) {
-  size_t scan_bytes = 0, sort_bytes = 0;
+Error cub_scratch_bytes(int64_t entries, size_t& scan_bytes, size_t& sort_bytes) {
+  scan_bytes = sort_bytes = 0;
   SD_RETURN_IF_ERROR(cuda_error(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<int32_t*>(nullptr),
                                                               static_cast<int32_t*>(nullptr), int(entries + 1)),
                                 "cub::DeviceScan::ExclusiveSum (size query)"));
@@ -89,13 +97,18 @@ Error cub_scratch_bytes(int64_t entries, size_t& bytes) {
                                       static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
                                       static_cast<int32_t*>(nullptr), int(entries), 0, vertex_bits(entries)),
       "cub::DeviceRadixSort::SortPairs (size query)"));
-  bytes = std::max(scan_bytes, sort_bytes);
   return {};
 }
 
 // A heavy vertex has n > kPartEntries entries in ceil(n / kPartEntries) < 2n / kPartEntries parts.
 int64_t max_heavy_parts(int64_t entries) { return 2 * entries / kPartEntries; }
 
+// The lattice's arrays in two groups. Those the filter reads in every iteration are carved
+// first. The build's scratch (keys, hash table, neighbours, sort and scan buffers, the row sums'
+// splat and blur, the normalisation) follows, its arrays of different phases in the same memory,
+// and it is dead once weights_kernel has run, so the filter's value rows (`values`, `scratch`)
+// share that memory too: the region takes the largest of these. The layout is the same for every
+// image of a shape, so graph replay (video) never sees it change.
 template <int D>
 Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLattice<D>& out) {
   const int64_t entries = int64_t(pixels) * (D + 1);
@@ -104,23 +117,10 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   L.pixels = pixels;
   L.entries = int32_t(entries);
   L.table_mask = table_size - 1;
-  L.keys = carver.take<int32_t>(entries * D);
-  L.barycentric = carver.take<float>(entries);
-  L.table = carver.take<TableSlot>(table_size);  // sized for every entry: it cannot overflow
-  L.entry_slot = carver.take<int32_t>(entries);
-  L.owner_rank = carver.take<int32_t>(entries + 1);
-  L.entry_vertex = carver.take<int32_t>(entries);
-  L.vertex_keys = carver.take<int32_t>(entries * D);
-  L.vertex_size = carver.take<int32_t>(entries + 1);
-  L.segment_start = carver.take<int32_t>(entries + 1);
-  L.segment_entry = carver.take<int32_t>(entries);
   L.neighbor_stride = int32_t(entries);
-  L.neighbors = carver.take<int32_t>(entries * 2 * (D + 1));
+  // Read by every filter: the slice's, the splat's and the blur's arrays.
+  L.entry_vertex = carver.take<int32_t>(entries);
   L.vertex_count = carver.take<int32_t>(1);
-  out.owner_flag = carver.take<int32_t>(entries + 1);
-  out.entry_index = carver.take<int32_t>(entries);
-  out.sorted_vertex = carver.take<int32_t>(entries);
-  out.part_count = carver.take<int32_t>(entries + 1);
   out.part_start = carver.take<int32_t>(entries + 1);
   out.part_begin = carver.take<int32_t>(entries + 1);
   out.part_target = carver.take<int32_t>(entries);
@@ -133,15 +133,50 @@ Error carve_lattice(Carver& carver, int32_t pixels, int32_t classes, DeviceLatti
   out.splat_pixel = carver.take<int32_t>(entries);
   out.slice_weight = carver.take<float>(entries);
   out.sequences = carver.take<int32_t>(entries * (D + 1));
+  out.partial = carver.take<float>((max_heavy_parts(entries) + 1) * row_width(classes));
+  // The build's scratch, by phase (the steps of prepare_lattice). Each array's first and last
+  // use is noted: arrays of different phases share memory.
+  const size_t scratch_region = carver.offset();
+  L.barycentric = carver.take<float>(entries);         // embed .. weights
+  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, out.scan_temp_bytes, out.sort_temp_bytes));
+  out.scan_temp = carver.take<char>(int64_t(out.scan_temp_bytes));  // every scan
+  L.segment_start = carver.take<int32_t>(entries + 1);  // vertex-size scan .. part_kernel
+  L.segment_entry = carver.take<int32_t>(entries);      // sort .. splat_order
+  const size_t phases = carver.offset();
+  // Hashing and numbering (embed .. relabel), then the scan of the vertex sizes and the sort.
+  L.table = carver.take<TableSlot>(table_size);  // .. neighbors_kernel; sized for every entry: cannot overflow
+  L.vertex_keys = carver.take<int32_t>(entries * D);  // assign .. neighbors_kernel
+  const size_t hashed = carver.offset();
+  L.vertex_size = carver.take<int32_t>(entries + 1);  // owner_flag .. vertex-size scan
+  out.sorted_vertex = L.vertex_size;                  // the sort's unused output, once the sizes are scanned
+  out.entry_index = carver.take<int32_t>(entries);    // owner_flag .. sort
+  const size_t hashing_only = carver.offset();
+  L.keys = carver.take<int32_t>(entries * D);         // embed .. assign
+  L.entry_slot = carver.take<int32_t>(entries);       // insert .. assign
+  L.owner_rank = carver.take<int32_t>(entries + 1);   // owner scan .. relabel
+  out.owner_flag = carver.take<int32_t>(entries + 1);  // owner_flag .. owner scan
+  size_t scratch_end = carver.offset();
+  // The sort's scratch, over the keys and ranks (their last use, relabel, comes before the sort).
+  carver.rewind(hashing_only);
+  out.sort_temp = carver.take<char>(int64_t(out.sort_temp_bytes));  // sort
+  scratch_end = std::max(scratch_end, carver.offset());
+  // The neighbours and chains (after the sort), over the sizes, the sort's input, keys and ranks.
+  carver.rewind(hashed);
+  L.neighbors = carver.take<int32_t>(entries * 2 * (D + 1));  // clear_lower_neighbors .. sequence_kernel
+  scratch_end = std::max(scratch_end, carver.offset());
+  // Parts and normalisation (after the chains), over the hash table and what follows it.
+  carver.rewind(phases);
+  out.part_count = carver.take<int32_t>(entries + 1);  // part_count .. part scan
+  out.row_values = carver.take<float>(entries + 1);    // the row sums' splat .. normalization
+  out.row_scratch = carver.take<float>(entries + 1);
+  out.pre = carver.take<float>(pixels);  // splat_order (ones) .. weights
+  out.post = carver.take<float>(pixels);
+  scratch_end = std::max(scratch_end, carver.offset());
+  // The filter's value rows (after weights_kernel), over all of it.
+  carver.rewind(scratch_region);
   out.values = carver.take<__half>((entries + 1) * row_width(classes));
   out.scratch = carver.take<__half>((entries + 1) * row_width(classes));
-  out.partial = carver.take<float>((max_heavy_parts(entries) + 1) * row_width(classes));
-  out.row_values = carver.take<float>(entries + 1);
-  out.row_scratch = carver.take<float>(entries + 1);
-  out.pre = carver.take<float>(pixels);
-  out.post = carver.take<float>(pixels);
-  SD_RETURN_IF_ERROR(cub_scratch_bytes(entries, out.temp_bytes));
-  out.temp = carver.take<char>(int64_t(out.temp_bytes));
+  carver.rewind(std::max(scratch_end, carver.offset()));
   return {};
 }
 

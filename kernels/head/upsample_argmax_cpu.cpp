@@ -30,6 +30,7 @@
 #endif
 
 #include "../src/half.h"
+#include "../src/scratch.h"
 #include "../src/simd.h"
 #include "../src/status_internal.h"
 #include "../src/thread_pool.h"
@@ -51,8 +52,6 @@ constexpr int kStep = kLanes * kUnroll;
 // core's L2 cache. The tile width follows from it.
 constexpr int64_t kRowFloats = 32 * 1024;
 constexpr int32_t kMinTileWidth = 4 * kStep;
-
-constexpr std::align_val_t kAlignment{64};
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
@@ -123,27 +122,6 @@ struct Plan {
   }
 };
 
-// Grow-only aligned scratch of one thread.
-class Scratch {
- public:
-  Scratch() = default;
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { ::operator delete[](data_, kAlignment); }
-  float* reserve(size_t floats) {
-    if (floats > size_) {
-      ::operator delete[](data_, kAlignment);
-      data_ = static_cast<float*>(::operator new[](floats * sizeof(float), kAlignment, std::nothrow));
-      size_ = data_ != nullptr ? floats : 0;
-    }
-    return data_;
-  }
-
- private:
-  float* data_ = nullptr;
-  size_t size_ = 0;
-};
-
 // Floats per class in the source buffer: a row, and kLanes more that a register load of the last
 // taps may read (zeros, never used).
 int64_t source_stride(const sd_upsample_argmax_io& io) { return round_up(io.in_width, kLanes) + kLanes; }
@@ -199,8 +177,8 @@ void interpolate_columns(const Plan& plan, int32_t first_column, const float* so
       const float* first = source + plan.group_first[group];
       const float* second = source + plan.group_second[group];
       for (int32_t c = 0; c < io.classes; ++c) {
-        const Vec va = __builtin_bit_cast(Vec, _mm256_permutevar8x32_ps(_mm256_loadu_ps(first + c * stride), first_offset));
-        const Vec vb = __builtin_bit_cast(Vec, _mm256_permutevar8x32_ps(_mm256_loadu_ps(second + c * stride), second_offset));
+        const Vec va = simd::bit_cast<Vec>(_mm256_permutevar8x32_ps(_mm256_loadu_ps(first + c * stride), first_offset));
+        const Vec vb = simd::bit_cast<Vec>(_mm256_permutevar8x32_ps(_mm256_loadu_ps(second + c * stride), second_offset));
         const Vec value = wa * va + wb * vb;
         std::memcpy(o + c * kStep, &value, sizeof value);
       }
@@ -208,8 +186,8 @@ void interpolate_columns(const Plan& plan, int32_t first_column, const float* so
       const __m256i first_index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&plan.column_first[x]));
       const __m256i second_index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&plan.column_second[x]));
       for (int32_t c = 0; c < io.classes; ++c) {
-        const Vec va = __builtin_bit_cast(Vec, _mm256_i32gather_ps(source + c * stride, first_index, 4));
-        const Vec vb = __builtin_bit_cast(Vec, _mm256_i32gather_ps(source + c * stride, second_index, 4));
+        const Vec va = simd::bit_cast<Vec>(_mm256_i32gather_ps(source + c * stride, first_index, 4));
+        const Vec vb = simd::bit_cast<Vec>(_mm256_i32gather_ps(source + c * stride, second_index, 4));
         const Vec value = wa * va + wb * vb;
         std::memcpy(o + c * kStep, &value, sizeof value);
       }
@@ -235,9 +213,9 @@ void interpolate_columns(const Plan& plan, int32_t first_column, const float* so
 // exactly that in one instruction).
 inline Vec running_max(const Vec& value, const Vec& best) {
 #if defined(__AVX__)
-  return __builtin_bit_cast(Vec, _mm256_max_ps(__builtin_bit_cast(__m256, value), __builtin_bit_cast(__m256, best)));
+  return simd::bit_cast<Vec>(_mm256_max_ps(simd::bit_cast<__m256>(value), simd::bit_cast<__m256>(best)));
 #elif defined(__SSE__)
-  return __builtin_bit_cast(Vec, _mm_max_ps(__builtin_bit_cast(__m128, value), __builtin_bit_cast(__m128, best)));
+  return simd::bit_cast<Vec>(_mm_max_ps(simd::bit_cast<__m128>(value), simd::bit_cast<__m128>(best)));
 #else
   return value > best ? value : best;
 #endif
@@ -250,7 +228,7 @@ void store_labels(Label* out, const IntVec (&labels)[kUnroll], int32_t count) {
   if constexpr (sizeof(Label) == 1 && kUnroll == 2) {
     if (count == kStep) {  // labels < 256: pack to uint16, restore the order, pack to uint8
       const __m256i words = _mm256_permute4x64_epi64(
-          _mm256_packus_epi32(__builtin_bit_cast(__m256i, labels[0]), __builtin_bit_cast(__m256i, labels[1])), 0xd8);
+          _mm256_packus_epi32(simd::bit_cast<__m256i>(labels[0]), simd::bit_cast<__m256i>(labels[1])), 0xd8);
       const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
       return;

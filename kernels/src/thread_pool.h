@@ -124,6 +124,56 @@ class ThreadPool {
   bool stop_ = false;
 };
 
+// A pool of `threads` threads kept for the process's later calls (starting threads on every call
+// costs tens of microseconds, a tenth of a small convolution), held by one caller at a time: a
+// caller that finds it held (another host thread is in the library) gets a pool of its own. The
+// kept pools are never destroyed: worker threads outlive static destructors, and a forked child,
+// which has none of them, still runs every loop on its calling thread (parallel_for never waits
+// for a worker that has not joined).
+class PooledThreads {
+ public:
+  explicit PooledThreads(int threads) {
+    if (threads > 1 && threads <= kMaxKept) {
+      Slot& slot = slots()[threads];
+      std::lock_guard<std::mutex> lock(slot.mutex);
+      if (!slot.held) {
+        if (slot.pool == nullptr) slot.pool = new ThreadPool(threads);
+        slot.held = true;
+        kept_ = &slot;
+        pool_ = slot.pool;
+        return;
+      }
+    }
+    own_ = new ThreadPool(threads);
+    pool_ = own_;
+  }
+  PooledThreads(const PooledThreads&) = delete;
+  PooledThreads& operator=(const PooledThreads&) = delete;
+  ~PooledThreads() {
+    if (kept_ != nullptr) {
+      std::lock_guard<std::mutex> lock(kept_->mutex);
+      kept_->held = false;
+    }
+    delete own_;
+  }
+  ThreadPool& pool() { return *pool_; }
+
+ private:
+  static constexpr int kMaxKept = 64;
+  struct Slot {
+    std::mutex mutex;
+    ThreadPool* pool = nullptr;
+    bool held = false;
+  };
+  static Slot* slots() {
+    static Slot* kept = new Slot[kMaxKept + 1];
+    return kept;
+  }
+  Slot* kept_ = nullptr;
+  ThreadPool* own_ = nullptr;
+  ThreadPool* pool_ = nullptr;
+};
+
 }  // namespace segdeploy
 
 #endif

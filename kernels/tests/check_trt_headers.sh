@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Compiles and links the TensorRT plugin library (libsegdeploy_trt_plugin: DenseCRF and
-# UpsampleArgmax) against NVIDIA's public TensorRT headers, TensorRT 10.3 (JetPack 6.1/6.2) and
+# Compiles and links the TensorRT plugin library (libsegdeploy_trt_plugin: DenseCRF, UpsampleArgmax
+# and DepthwiseConv) against NVIDIA's public TensorRT headers, TensorRT 10.3 (JetPack 6.1/6.2) and
 # the newest 11.x release, without installing TensorRT: the headers come from a git clone (or a
 # bare mirror) of https://github.com/NVIDIA/TensorRT and are extracted under the build folder,
 # never into the source tree. Needs nvcc (CUDA 12 or 13) and CMake; no GPU.
@@ -9,8 +9,8 @@
 #
 # BUILD_PREFIX (default build/trt-headers-): each release builds in ${BUILD_PREFIX}<release>
 # (e.g. build/trt-headers-10.3.0), with its headers in <that folder>/tensorrt/include. Prints
-# one line per release and exits non-zero if any build fails or the library does not export
-# TensorRT's two entry points.
+# one line per release and exits non-zero if any build fails, the library does not export
+# TensorRT's two entry points, or it calls a kernel that libsegdeploy_kernels.so lacks.
 set -euo pipefail
 
 git_dir=${1:?usage: $0 TENSORRT_GIT_DIR [BUILD_PREFIX]}
@@ -38,11 +38,19 @@ for tag in v10.3.0 "$newest_11"; do
      cmake --build "$build" -j 2 --target segdeploy_trt_plugin >>"$log" 2>&1; then
     library="$build/kernels/libsegdeploy_trt_plugin.so"
     exported=$(nm -D --defined-only "$library" | awk '$2 == "T" {print $3}' | sort | tr '\n' ' ')
-    if [[ "$exported" == *"getCreators "* && "$exported" == *"setLoggerFinder "* ]]; then
-      echo "TensorRT $tag headers: $library built; exports: $exported"
-    else
+    # A shared library links with undefined symbols: the kernels' entry points the plugins call must
+    # be in the libsegdeploy_kernels beside it, or loadLibrary fails where the plugin is used.
+    unresolved=$(comm -23 <(nm -D --undefined-only "$library" | awk '$2 ~ /^sd_/ {print $2}' | sort -u) \
+                          <(nm -D --defined-only "$build/kernels/libsegdeploy_kernels.so" | awk '{print $3}' | sort -u) |
+                 tr '\n' ' ')
+    if [[ "$exported" != *"getCreators "* || "$exported" != *"setLoggerFinder "* ]]; then
       echo "TensorRT $tag headers: $library lacks getCreators/setLoggerFinder (exports: $exported)"
       status=1
+    elif [[ -n "$unresolved" ]]; then
+      echo "TensorRT $tag headers: $library calls kernels that libsegdeploy_kernels.so lacks: $unresolved"
+      status=1
+    else
+      echo "TensorRT $tag headers: $library built; exports: $exported"
     fi
   else
     echo "TensorRT $tag headers: build failed, see $log"

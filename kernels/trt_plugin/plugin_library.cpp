@@ -1,7 +1,8 @@
 // The entry points of libsegdeploy_trt_plugin that IPluginRegistry::loadLibrary (trtexec
 // --dynamicPlugins=...) calls: setLoggerFinder, then getCreators, which lists every plugin's
-// creator (DenseCRF, UpsampleArgmax); and what the plugins share (plugin_support.h).
+// creator (DenseCRF, UpsampleArgmax, DepthwiseConv); and what the plugins share (plugin_support.h).
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -80,6 +81,23 @@ bool field_text(const PluginField& field, std::string* value, std::string* error
   return true;
 }
 
+bool field_ints(const PluginField& field, int32_t* values, int32_t count, std::string* error) {
+  if (field.length != count || (field.type != PluginFieldType::kINT32 && field.type != PluginFieldType::kINT64)) {
+    *error = field_error(field, (std::to_string(count) + " ints").c_str());
+    return false;
+  }
+  for (int32_t i = 0; i < count; ++i) {
+    const int64_t value = field.type == PluginFieldType::kINT32 ? static_cast<const int32_t*>(field.data)[i]
+                                                                : static_cast<const int64_t*>(field.data)[i];
+    if (value < INT32_MIN || value > INT32_MAX) {
+      *error = std::string("attribute ") + field.name + ": " + std::to_string(value) + " does not fit in int32";
+      return false;
+    }
+    values[i] = int32_t(value);
+  }
+  return true;
+}
+
 }  // namespace segdeploy::trt
 
 #define SD_PLUGIN_EXPORT extern "C" __attribute__((visibility("default")))
@@ -90,7 +108,8 @@ SD_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
 
 SD_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
   static nvinfer1::IPluginCreatorInterface* const creators[] = {segdeploy::trt::dense_crf_creator(),
-                                                                segdeploy::trt::upsample_argmax_creator()};
+                                                                segdeploy::trt::upsample_argmax_creator(),
+                                                                segdeploy::trt::depthwise_conv_creator()};
   nbCreators = int32_t(sizeof creators / sizeof creators[0]);
   return creators;
 }

@@ -36,6 +36,8 @@ std::string field_error(const nvinfer1::PluginField& field, const char* expected
 bool field_float(const nvinfer1::PluginField& field, float* value, std::string* error);
 bool field_int(const nvinfer1::PluginField& field, int32_t* value, std::string* error);
 bool field_text(const nvinfer1::PluginField& field, std::string* value, std::string* error);
+// Exactly `count` ints (an ONNX ints attribute: kINT32, or kINT64 narrowed).
+bool field_ints(const nvinfer1::PluginField& field, int32_t* values, int32_t count, std::string* error);
 
 // What names a plugin in TensorRT's plugin registry.
 struct PluginId {
@@ -46,12 +48,16 @@ struct PluginId {
 
 // The part of an IPluginV3 that implements TensorRT's core, build and runtime capabilities
 // (IPluginV3One*) that is the same for every plugin: the capability lookup, clone (Plugin's copy
-// constructor), the names (Plugin::kId), the outputs' count and types
-// (Plugin::kOutputTypes, whatever the types of its Plugin::kInputs inputs), the formats (linear
-// tensors only, of those output types and input types that Plugin::takes_input), attachToContext (a
-// clone: the plugins keep no per-context resources), onShapeChange (nothing to redo) and
-// getFieldsToSerialize, which lists Plugin::serialized_fields() (PluginFields that point into the
-// plugin's attributes). Plugin (CRTP) derives from it and implements the rest.
+// constructor), the names (Plugin::kId), the outputs' count and types, the formats (linear tensors
+// only, of the types Plugin::takes_tensor allows), attachToContext (a clone: the plugins keep no
+// per-context resources), onShapeChange (nothing to redo) and getFieldsToSerialize, which lists
+// Plugin::serialized_fields() (PluginFields that point into the plugin's attributes). Plugin (CRTP)
+// derives from it and implements the rest.
+//
+// The types are fixed by default: Plugin::kInputs inputs of the types Plugin::takes_input allows,
+// outputs of Plugin::kOutputTypes whatever the inputs' types. A plugin whose input count or output
+// types vary hides the four static defaults below (takes_input_count, output_count, output_types,
+// takes_tensor) with its own.
 template <typename Plugin>
 class PluginV3 : public nvinfer1::IPluginV3,
                  public nvinfer1::IPluginV3OneCore,
@@ -79,21 +85,33 @@ class PluginV3 : public nvinfer1::IPluginV3,
   nvinfer1::AsciiChar const* getPluginVersion() const noexcept override { return Plugin::kId.version; }
   nvinfer1::AsciiChar const* getPluginNamespace() const noexcept override { return Plugin::kId.name_space; }
 
-  int32_t getNbOutputs() const noexcept override { return int32_t(std::size(Plugin::kOutputTypes)); }
+  int32_t getNbOutputs() const noexcept override { return Plugin::output_count(); }
 
-  int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const*,
+  int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
                              int32_t nbInputs) const noexcept override {
-    if (nbInputs != Plugin::kInputs || nbOutputs != getNbOutputs()) return -1;
-    std::copy(std::begin(Plugin::kOutputTypes), std::end(Plugin::kOutputTypes), outputTypes);
-    return 0;
+    if (!Plugin::takes_input_count(nbInputs) || nbOutputs != getNbOutputs()) return -1;
+    return Plugin::output_types(outputTypes, inputTypes) ? 0 : -1;
   }
 
   bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
                                  int32_t nbOutputs) noexcept override {
-    if (nbInputs != Plugin::kInputs || nbOutputs != getNbOutputs()) return false;
-    const nvinfer1::PluginTensorDesc& desc = inOut[pos].desc;
-    if (desc.format != nvinfer1::PluginFormat::kLINEAR) return false;
-    return pos < nbInputs ? Plugin::takes_input(pos, desc.type) : desc.type == Plugin::kOutputTypes[pos - nbInputs];
+    if (!Plugin::takes_input_count(nbInputs) || nbOutputs != getNbOutputs()) return false;
+    if (inOut[pos].desc.format != nvinfer1::PluginFormat::kLINEAR) return false;
+    return Plugin::takes_tensor(pos, inOut, nbInputs);
+  }
+
+  // The fixed types' defaults (static, so that only those a plugin does not hide are instantiated).
+  static bool takes_input_count(int32_t nbInputs) { return nbInputs == Plugin::kInputs; }
+  static int32_t output_count() { return int32_t(std::size(Plugin::kOutputTypes)); }
+  static bool output_types(nvinfer1::DataType* outputTypes, nvinfer1::DataType const*) {
+    std::copy(std::begin(Plugin::kOutputTypes), std::end(Plugin::kOutputTypes), outputTypes);
+    return true;
+  }
+  // Whether tensor `pos` (inputs first, then outputs) may have its type in inOut; TensorRT has
+  // chosen the types of the tensors before it.
+  static bool takes_tensor(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs) {
+    const nvinfer1::DataType type = inOut[pos].desc.type;
+    return pos < nbInputs ? Plugin::takes_input(pos, type) : type == Plugin::kOutputTypes[pos - nbInputs];
   }
 
   int32_t onShapeChange(nvinfer1::PluginTensorDesc const*, int32_t, nvinfer1::PluginTensorDesc const*,
@@ -178,6 +196,7 @@ class PluginCreator : public nvinfer1::IPluginCreatorV3One {
 // The creators, one static instance each (defined beside their plugins).
 nvinfer1::IPluginCreatorInterface* dense_crf_creator();
 nvinfer1::IPluginCreatorInterface* upsample_argmax_creator();
+nvinfer1::IPluginCreatorInterface* depthwise_conv_creator();
 
 }  // namespace segdeploy::trt
 

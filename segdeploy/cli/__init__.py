@@ -30,6 +30,7 @@ COMMANDS = {
     "fp16": ".fp16:fp16",
     "crf": ".crf:crf",
     "head": ".head:head",
+    "plugins": ".plugins:plugins",
     "serve": ".serve:serve",
 }
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from ..manifest import read_manifest
 from ..parity import DEFAULT_MAX_ABS_DIFF, DEFAULT_MIN_AGREEMENT, DEFAULT_RTOL, Thresholds
 from .common import echo_json, json_option, parse_key_values, progress_status
 from .head import echo_head, head_options
+from .plugins import echo_plugins, plugins_option
 
 
 @click.command()
@@ -44,9 +46,10 @@ from .head import echo_head, head_options
 @click.option("--crf-param", "crf_params", multiple=True, metavar="KEY=VALUE",
               help="CRF parameter with --crf, repeatable (e.g. --crf-param bilateral_theta_xy=50). Default: DeepLab v2's.")
 @head_options
+@functools.partial(plugins_option, default="none")
 @json_option
 def export(model_name, checkpoint, num_classes, classes_file, input_size, target, opset, model_args, output, max_abs_diff,
-           rtol, min_agreement, seed, crf, crf_params, head, fused, as_json):
+           rtol, min_agreement, seed, crf, crf_params, head, fused, plugins, as_json):
     """Export a model to ONNX (dynamic batch/H/W) and check it against PyTorch.
 
     Writes OUTPUT/model.onnx and OUTPUT/manifest.json (model, classes, input normalisation,
@@ -64,6 +67,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
       segdeploy export --model deeplabv3plus --target jetpack6.0   # opset 17 for TensorRT 8.6
       segdeploy export --model deeplabv3plus --crf                 # + dense CRF node
       segdeploy export --model deeplabv3plus --head labels --fused  # uint8 label map, fused upsample + argmax
+      segdeploy export --model deeplabv3plus_mobilenetv2 --plugins auto  # depthwise convs as segdeploy nodes where faster
     """
     class_names = None
     if classes_file:
@@ -78,7 +82,7 @@ def export(model_name, checkpoint, num_classes, classes_file, input_size, target
                 model_name, output, num_classes=num_classes, model_kwargs=parse_key_values(model_args, "--model-arg"),
                 checkpoint=checkpoint, input_size=tuple(input_size), opset=opset, target=target,
                 thresholds=Thresholds(max_abs_diff, min_agreement, rtol), class_names=class_names, seed=seed,
-                crf=parse_key_values(crf_params, "--crf-param") if crf else None, head=head, fused=fused,
+                crf=parse_key_values(crf_params, "--crf-param") if crf else None, head=head, fused=fused, plugins=plugins,
                 progress=progress,
             )
         except VerificationError:
@@ -112,6 +116,7 @@ def _report(output: Path, as_json: bool) -> None:
         click.echo(f"dense CRF appended ({crf['params']['iterations']} iterations): ONNX Runtime vs torch+kernel "
                    f"{_figures(r)}, label agreement {r['argmax_agreement']:.4%}")
     echo_head(manifest)
+    echo_plugins(manifest)
     lint = manifest.get("lint") or {}
     if lint:
         click.echo(f"lint for {lint['target']}: {lint['errors']} errors, {lint['warnings']} warnings")

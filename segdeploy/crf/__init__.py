@@ -17,10 +17,10 @@ takes). ``unary_kind`` says what you pass:
 Zero iterations (or zero weights) return softmax(-U).
 
 Modules: :mod:`~segdeploy.crf.params` (:class:`CRFParams`), :mod:`~segdeploy.crf.refine`
-(:func:`dense_crf` on the CPU or a GPU), :mod:`~segdeploy.crf.cuda` (:class:`CudaBuffer` and the
-bounded cache of GPU workspaces), :mod:`~segdeploy.crf.onnx_node` (the ``DenseCRF`` ONNX node and
-its ONNX Runtime op, loaded with onnx on first use). torch, cupy and onnxruntime are imported
-only where used.
+(:func:`dense_crf` on the CPU or a GPU), :mod:`~segdeploy.crf.cuda` (:class:`CudaBuffer`, the GPU
+workspace's size per shape, :func:`workspace_bytes`, and the bounded cache of workspaces),
+:mod:`~segdeploy.crf.onnx_node` (the ``DenseCRF`` ONNX node and its ONNX Runtime op, loaded with
+onnx on first use). torch, cupy and onnxruntime are imported only where used.
 """
 
 from .cuda import (
@@ -29,6 +29,7 @@ from .cuda import (
     cached_workspace_bytes,
     free_workspaces,
     set_workspace_limit,
+    workspace_bytes,
     workspace_limit,
 )
 from .params import CRFParams
@@ -60,5 +61,6 @@ __all__ = [
     "register_crf_ort",
     "set_workspace_limit",
     "synthetic_logits",
+    "workspace_bytes",
     "workspace_limit",
 ]

@@ -1,11 +1,13 @@
 """CUDA memory for the dense CRF: :class:`CudaBuffer`, the adapter over the kinds of CUDA array
-:func:`~segdeploy.crf.dense_crf` takes (torch, cupy, CudaBuffer), and the bounded cache of its
-workspaces.
+:func:`~segdeploy.crf.dense_crf` takes (torch, cupy, CudaBuffer), the size of its workspace
+(:func:`workspace_bytes`) and the bounded cache of its workspaces.
 
-Workspace cache: ``sd_crf_cuda`` needs a workspace per (device, stream, classes, height, width)
-(with 21 classes: 707 MiB at 512x512, 2.5 GiB at 1280x720, 5.5 GiB at 1920x1080). Allocating it
-at every frame costs a device synchronisation and the CUDA graph of the call, so it is kept for
-the next call of that shape, in a cache that holds at most a byte limit: 1 GiB by default (an
+Workspace cache: ``sd_crf_cuda`` needs a workspace per (device, stream, classes, height, width) of
+:func:`workspace_bytes`, sized for any image and parameters at that shape (a noise image makes
+nearly every lattice entry its own vertex): with 21 classes 393 MiB at 512x512, 1.4 GiB at
+1280x720, 3.0 GiB at 1920x1080 (2.9 GiB at 1024x2048 with 19). Allocating it at every frame costs a
+device synchronisation and the CUDA graph of the call, so it is kept for the next call of that
+shape, in a cache that holds at most a byte limit: 1 GiB by default (an
 8 GB Jetson's memory is shared with the CPU and the network), ``SEGDEPLOY_CRF_WORKSPACE_LIMIT_MB``
 or :func:`set_workspace_limit` otherwise. The least recently used workspaces are freed first,
 before the new one is allocated. A workspace larger than the limit on its own (720p and larger
@@ -113,6 +115,21 @@ class CudaArrays:
             with self.library.cuda.Device(self.device):
                 return self.library.empty(shape, dtype=dtype)
         return CudaBuffer(shape, dtype, self.device)
+
+
+def workspace_bytes(shape, classes: int) -> int:
+    """Bytes of GPU workspace the CRF needs for images of ``shape`` (height, width) with ``classes``
+    classes: one figure for every image and parameter set of that shape (TensorRT's plugin sizes its
+    workspace with the same call). BadInputError for a shape the CUDA CRF cannot take."""
+    dims = tuple(shape)
+    if len(dims) != 2 or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in dims):
+        raise BadInputError(f"shape must be (height, width) as two integers, got {shape!r}")
+    if not isinstance(classes, numbers.Integral) or isinstance(classes, bool):
+        raise BadInputError(f"classes must be an integer, got {classes!r}")
+    try:
+        return cuda_workspace_bytes(int(classes), int(dims[0]), int(dims[1]))
+    except BadInputError as error:  # the library's own message: which limit the shape breaks
+        raise BadInputError(f"no CUDA CRF workspace for {classes} classes at {dims[0]}x{dims[1]}: {error}") from error
 
 
 def contiguous_interface(array, name: str) -> dict:

@@ -79,8 +79,10 @@ SD_API int sd_crf_validate(const sd_crf_params* params, const sd_crf_io* io);
  * when the thread ends. Thread-safe: concurrent calls from different threads are independent. */
 SD_API int sd_crf_cpu(const sd_crf_params* params, const sd_crf_io* io, int num_threads);
 
-/* Bytes of device workspace sd_crf_cuda needs for images of this size (any batch, any params).
- * Allocate it once and reuse it for every call of that size on one stream at a time. */
+/* Bytes of device workspace sd_crf_cuda needs for images of this size (any batch, any params, any
+ * image: it holds the worst case, every lattice entry its own vertex, which a noise image nearly
+ * reaches; 393 MiB at 512x512 with 21 classes). Allocate it once and reuse it for every call of
+ * that size on one stream at a time. */
 SD_API int sd_crf_cuda_workspace_bytes(int32_t classes, int32_t height, int32_t width, size_t* bytes);
 
 /* CUDA inference on device memory, enqueued on `stream` (a cudaStream_t; NULL: the default

@@ -24,6 +24,7 @@ def with_segdeploy_ops(path: Path, options) -> str | bytes:
         return str(path)
     import onnx
 
+    from ...conv import onnx_node as conv_node
     from ...crf import onnx_node as crf_node
     from ...head import onnx_node as head_node
 
@@ -35,7 +36,10 @@ def with_segdeploy_ops(path: Path, options) -> str | bytes:
     if (head_node.DOMAIN, head_node.OP_TYPE) in used:
         libraries.append(head_node.define_ort_ops())
         renamed = head_node.for_onnx_runtime(model)
-        source = source if renamed is None else renamed.SerializeToString()
+        model, source = (model, source) if renamed is None else (renamed, renamed.SerializeToString())
+    if any((conv_node.DOMAIN, op) in used for op in conv_node.OP_TYPES):
+        libraries.append(conv_node.define_ort_ops())
+        source = conv_node.for_onnx_runtime(model).SerializeToString()
     for library in dict.fromkeys(libraries):  # one library holds every Python op defined: register it once
         options.register_custom_ops_library(library)
     return source
