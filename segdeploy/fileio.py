@@ -29,6 +29,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def work_dir_beside(folder: str | os.PathLike, prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder on the same file system as ``folder`` (created in its parent), so that the
+    finished artifact can be renamed into place in one step."""
+    parent = Path(folder).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

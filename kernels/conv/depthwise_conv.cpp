@@ -108,34 +108,49 @@ extern "C" int sd_separable_conv_validate(const sd_separable_conv_io* io) {
   return segdeploy::report([&] { return segdeploy::conv::validate(io); });
 }
 
-extern "C" int sd_depthwise_conv_cpu(const sd_depthwise_conv_io* io, int num_threads) {
-  using namespace segdeploy::conv;
+namespace {
+
+template <typename Io>
+using CpuDriver = segdeploy::Error (*)(const Io&, int);
+
+// Validates io, then runs it with the driver of the widest instruction set this CPU has; a driver
+// is nullptr where the library was built without that instruction set.
+template <typename Io>
+int run_cpu(const Io* io, int num_threads, CpuDriver<Io> portable, CpuDriver<Io> avx2, CpuDriver<Io> avx512) {
   return segdeploy::report([&]() -> segdeploy::Error {
-    SD_RETURN_IF_ERROR(validate(io));
-    SD_RETURN_IF_ERROR(require_threads(num_threads));
+    SD_RETURN_IF_ERROR(segdeploy::conv::validate(io));
+    SD_RETURN_IF_ERROR(segdeploy::conv::require_threads(num_threads));
     const int threads = num_threads > 0 ? num_threads : segdeploy::available_cores();
 #if defined(SD_CPU_X86_64_V4)
-    if (segdeploy::cpu_has_x86_64_v4()) return x86_64_v4::run_depthwise(*io, threads);
+    if (avx512 && segdeploy::cpu_has_x86_64_v4()) return avx512(*io, threads);
 #endif
 #if defined(SD_CPU_X86_64_V3)
-    if (segdeploy::cpu_has_x86_64_v3()) return x86_64_v3::run_depthwise(*io, threads);
+    if (avx2 && segdeploy::cpu_has_x86_64_v3()) return avx2(*io, threads);
 #endif
-    return baseline::run_depthwise(*io, threads);
+    (void)avx2, (void)avx512;
+    return portable(*io, threads);
   });
 }
 
-extern "C" int sd_separable_conv_cpu(const sd_separable_conv_io* io, int num_threads) {
-  using namespace segdeploy::conv;
-  return segdeploy::report([&]() -> segdeploy::Error {
-    SD_RETURN_IF_ERROR(validate(io));
-    SD_RETURN_IF_ERROR(require_threads(num_threads));
-    const int threads = num_threads > 0 ? num_threads : segdeploy::available_cores();
 #if defined(SD_CPU_X86_64_V4)
-    if (segdeploy::cpu_has_x86_64_v4()) return x86_64_v4::run_separable(*io, threads);
+#define SD_CONV_V4(function) segdeploy::conv::x86_64_v4::function
+#else
+#define SD_CONV_V4(function) nullptr
 #endif
 #if defined(SD_CPU_X86_64_V3)
-    if (segdeploy::cpu_has_x86_64_v3()) return x86_64_v3::run_separable(*io, threads);
+#define SD_CONV_V3(function) segdeploy::conv::x86_64_v3::function
+#else
+#define SD_CONV_V3(function) nullptr
 #endif
-    return baseline::run_separable(*io, threads);
-  });
+
+}  // namespace
+
+extern "C" int sd_depthwise_conv_cpu(const sd_depthwise_conv_io* io, int num_threads) {
+  return run_cpu<sd_depthwise_conv_io>(io, num_threads, segdeploy::conv::baseline::run_depthwise,
+                                       SD_CONV_V3(run_depthwise), SD_CONV_V4(run_depthwise));
+}
+
+extern "C" int sd_separable_conv_cpu(const sd_separable_conv_io* io, int num_threads) {
+  return run_cpu<sd_separable_conv_io>(io, num_threads, segdeploy::conv::baseline::run_separable,
+                                       SD_CONV_V3(run_separable), SD_CONV_V4(run_separable));
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import onnx
 
 from ..adopt import ModelOptions, artifact_manifest
 from ..errors import BadInputError, VerificationError
-from ..fileio import sha256_file
+from ..fileio import sha256_file, work_dir_beside
 from ..manifest import ONNX_NAME, onnx_file_section, utc_timestamp, write_manifest
 from ..onnx_io import default_opset, image_input, load_onnx, tensor_dims
 from ..outputs import Head
@@ -181,7 +180,7 @@ def apply_plugins(path: str | os.PathLike, output_dir: str | os.PathLike | None 
     thresholds = FP16_THRESHOLDS if precision == "fp16" else FP32_THRESHOLDS
     shape = (batch, channels, *size)
     shapes = [shape, shape] if new_fixed_hw is not None else [shape, _second_shape(shape, manifest)]
-    with tempfile.TemporaryDirectory(prefix=".segdeploy-plugins-", dir=_existing_parent(output_dir)) as work:
+    with work_dir_beside(output_dir, ".segdeploy-plugins-") as work:
         staged = Path(work) / "artifact"
         staged.mkdir()
         new_path = staged / ONNX_NAME
@@ -265,8 +264,3 @@ def _derived(manifest: dict, source_path: Path, onnx_path: Path, model: onnx.Mod
     derived["created"] = utc_timestamp()
     return derived
 
-
-def _existing_parent(folder: Path) -> Path:
-    parent = folder.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent

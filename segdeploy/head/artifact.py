@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import onnx
 
 from ..adopt import ModelOptions, artifact_manifest
 from ..errors import BadInputError, VerificationError
-from ..fileio import sha256_file
+from ..fileio import sha256_file, work_dir_beside
 from ..lint import Finding, errors, lint_onnx, lint_report
 from ..manifest import MANIFEST_NAME, ONNX_NAME, onnx_file_section, utc_timestamp, write_manifest
 from ..onnx_io import default_opset, elem_type, image_input, load_onnx, tensor_dims
@@ -282,7 +281,7 @@ def apply_head(path: str | os.PathLike, head_name: str, *, output_dir: str | os.
     dims = tensor_dims(image)
     fixed_size = tuple(dims[2:]) if all(isinstance(d, int) for d in dims[2:]) else None
     shapes = check_shapes(manifest, fixed_size, dims[0] if isinstance(dims[0], int) else None)
-    with tempfile.TemporaryDirectory(prefix=".segdeploy-head-", dir=_existing_parent(output_dir)) as work:
+    with work_dir_beside(output_dir, ".segdeploy-head-") as work:
         work = Path(work)
         built = build_head(onnx_path, manifest, head_name, work, fused=fused, shapes=shapes, thresholds=thresholds,
                            progress=progress, model=model)
@@ -343,11 +342,6 @@ def _derived(manifest: dict, source_path: Path, onnx_path: Path, built: HeadGrap
     derived["created"] = utc_timestamp()
     return derived
 
-
-def _existing_parent(folder: Path) -> Path:
-    parent = folder.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
 
 
 def _check_writable(output_dir: Path) -> None:
